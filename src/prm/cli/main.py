@@ -1,0 +1,156 @@
+"""``prm``: thin commands over :mod:`prm.pipeline`; each prints where its artifacts went."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from prm.config import ConfigError, ExperimentConfig, load_config
+from prm.data.loaders import DataError
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    return load_config(args.config) if args.config else ExperimentConfig()
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from prm.data.simulator import simulate
+
+    config = _config(args)
+    simulator = config.simulator if args.seed is None else replace(config.simulator, seed=args.seed)
+    stats = simulate(simulator, args.out, progress=not args.quiet)
+    print(json.dumps(stats["splits"], indent=2))
+    print(f"wrote {args.out} in {stats['seconds']} s")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from prm.data.loaders import load_list_data
+    from prm.pipeline import pretrain
+
+    report = pretrain(_config(args), load_list_data(args.data), args.out, progress=not args.quiet)
+    print(json.dumps(report["history"][-1], indent=2))
+    print(f"wrote the CTR model and PV caches to {args.out}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from prm.data.loaders import load_list_data
+    from prm.pipeline import attach_pv, train_reranker
+
+    config = _config(args)
+    model_config = replace(config.model, use_pv=False) if args.base else config.model
+    data = load_list_data(args.data)
+    if model_config.use_pv:
+        if not args.pv:
+            raise ConfigError(
+                "PRM with use_pv needs --pv DIR (from `prm pretrain`); or pass --base"
+            )
+        data = attach_pv(data, args.pv)
+    train_reranker(
+        config,
+        data,
+        args.out,
+        model_config=model_config,
+        seed=args.seed,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+    print(f"wrote checkpoint, metrics.json and training_curve.png to {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from prm.data.loaders import load_list_data
+    from prm.data.simulator import load_click_model
+    from prm.evaluation.evaluate import evaluate_scores, expected_clicks, score_lists
+    from prm.io import write_json
+    from prm.pipeline import attach_pv, load_reranker
+
+    config = _config(args)
+    model = load_reranker(args.run)
+    data = load_list_data(args.data, splits=(args.split,))
+    if args.pv:
+        data = attach_pv(data, args.pv)
+    dataset = data.splits[args.split]
+    scores = score_lists(model, dataset)
+    metrics = evaluate_scores(scores, dataset, config.evaluate)
+    if (Path(args.data) / "truth").is_dir():
+        metrics["expected_clicks"] = float(
+            expected_clicks(load_click_model(args.data), dataset, scores).mean()
+        )
+    write_json(Path(args.run) / f"eval_{args.split}.json", metrics)
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from prm.evaluation.report import results_table, tests_table
+    from prm.pipeline import demo
+
+    results = demo(_config(args), args.out, progress=not args.quiet)
+    print()
+    print(results_table(results))
+    print()
+    print(tests_table(results["tests"]))
+    print()
+    print(
+        f"{results['lists']} test lists ({results['lists_with_click']} with a click); expected "
+        f"clicks over all lists, NDCG/MAP over lists with a click, MAP@10 convention "
+        f"'{results['map_convention']}'; p-values: paired t-test on per-list expected clicks."
+    )
+    print(f"machine: {results['machine']}; seconds: {results['seconds']}")
+    print(f"wrote {Path(args.out) / 'results.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", help="experiment config (YAML or JSON); defaults if omitted")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command("simulate", cmd_simulate, "write a simulated dataset (Parquet)")
+    sub.add_argument("--out", required=True, help="output folder")
+    sub.add_argument("--seed", type=int, help="override simulator.seed")
+
+    sub = command("pretrain", cmd_pretrain, "train the CTR model and cache PV for every list")
+    sub.add_argument("--data", required=True, help="dataset folder")
+    sub.add_argument("--out", required=True, help="output folder")
+
+    sub = command("train", cmd_train, "train PRM (or PRM-BASE with --base)")
+    sub.add_argument("--data", required=True, help="dataset folder")
+    sub.add_argument("--pv", help="folder written by `prm pretrain`")
+    sub.add_argument("--out", required=True, help="run folder (checkpoint, metrics, curve)")
+    sub.add_argument("--base", action="store_true", help="PRM-BASE: no personalized vectors")
+    sub.add_argument("--seed", type=int, help="override train.seed")
+    sub.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+
+    sub = command("evaluate", cmd_evaluate, "evaluate a trained re-ranker on one split")
+    sub.add_argument("--run", required=True, help="run folder written by `prm train`")
+    sub.add_argument("--data", required=True, help="dataset folder")
+    sub.add_argument("--pv", help="folder written by `prm pretrain` (for PRM)")
+    sub.add_argument("--split", default="test", choices=["train", "valid", "test"])
+
+    sub = command("demo", cmd_demo, "simulate, pre-train, train PRM-BASE and PRM, compare")
+    sub.add_argument("--out", default="runs/demo", help="output folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (ConfigError, DataError, FileNotFoundError) as error:
+        print(f"prm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

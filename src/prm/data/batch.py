@@ -1,0 +1,127 @@
+"""The one data structure that flows through every model: a padded batch of lists.
+
+``mask`` is True at real items. Padded slots hold zeros in every field and are excluded from
+softmax, attention, loss and metrics by that mask alone, never by a sentinel label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ListBatch:
+    """Tensors of ``B`` lists padded to length ``L``."""
+
+    features: torch.Tensor  # (B, L, d_feature) float32: item features X
+    pv: torch.Tensor  # (B, L, d_pv) float32: personalized vectors; d_pv = 0 when absent
+    mask: torch.Tensor  # (B, L) bool: True at real items
+    labels: torch.Tensor  # (B, L) float32: clicks (or graded relevance), 0 at padding
+    positions: torch.Tensor  # (B, L) int64: initial rank, 0-based
+    user_ids: torch.Tensor  # (B,) int64
+    list_ids: torch.Tensor  # (B,) int64
+    item_ids: torch.Tensor  # (B, L) int64: 0 at padding
+
+    def to(self, device: torch.device | str) -> ListBatch:
+        return ListBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class ListDataset:
+    """NumPy arrays of ``N`` padded lists, the in-memory form of a split.
+
+    Field meanings and shapes are those of :class:`ListBatch`, with ``N`` in place of ``B``.
+    """
+
+    features: np.ndarray
+    pv: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray
+    positions: np.ndarray
+    user_ids: np.ndarray
+    list_ids: np.ndarray
+    item_ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        n, length = self.mask.shape
+        for name, expected in [
+            ("features", (n, length)),
+            ("pv", (n, length)),
+            ("labels", (n, length)),
+            ("positions", (n, length)),
+            ("item_ids", (n, length)),
+            ("user_ids", (n,)),
+            ("list_ids", (n,)),
+        ]:
+            shape = getattr(self, name).shape[: len(expected)]
+            if shape != expected:
+                raise ValueError(f"ListDataset.{name} has shape {shape}, expected {expected}")
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def list_length(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def d_feature(self) -> int:
+        return self.features.shape[2]
+
+    @property
+    def d_pv(self) -> int:
+        return self.pv.shape[2]
+
+    def subset(self, index: np.ndarray) -> ListDataset:
+        """The lists at ``index`` (integer or boolean), as a new dataset."""
+        return ListDataset(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def with_pv(self, pv: np.ndarray) -> ListDataset:
+        return replace(self, pv=np.asarray(pv, dtype=np.float32))
+
+    def with_labels(self, labels: np.ndarray) -> ListDataset:
+        return replace(self, labels=np.asarray(labels, dtype=np.float32))
+
+    def has_click(self) -> np.ndarray:
+        """(N,) bool: lists with at least one positive label at a real item."""
+        return ((self.labels > 0) & self.mask).any(axis=1)
+
+    def batch(self, index: np.ndarray) -> ListBatch:
+        """Tensors for the lists at ``index``."""
+        return ListBatch(
+            features=torch.from_numpy(np.ascontiguousarray(self.features[index], np.float32)),
+            pv=torch.from_numpy(np.ascontiguousarray(self.pv[index], np.float32)),
+            mask=torch.from_numpy(np.ascontiguousarray(self.mask[index], bool)),
+            labels=torch.from_numpy(np.ascontiguousarray(self.labels[index], np.float32)),
+            positions=torch.from_numpy(np.ascontiguousarray(self.positions[index], np.int64)),
+            user_ids=torch.from_numpy(np.ascontiguousarray(self.user_ids[index], np.int64)),
+            list_ids=torch.from_numpy(np.ascontiguousarray(self.list_ids[index], np.int64)),
+            item_ids=torch.from_numpy(np.ascontiguousarray(self.item_ids[index], np.int64)),
+        )
+
+    def iter_batches(
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[ListBatch]:
+        """Batches in order, or in a permutation drawn from ``generator`` (for resumability)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
+        for start in range(0, n, batch_size):
+            yield self.batch(np.sort(order[start : start + batch_size]))
+
+
+def pad_lists(
+    rows: list[np.ndarray], length: int | None = None, fill: float = 0, dtype: type = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stack variable-length rows (each (n_i, ...) ) into (N, L, ...) plus a (N, L) mask."""
+    length = max((len(r) for r in rows), default=0) if length is None else length
+    trailing = rows[0].shape[1:] if rows else ()
+    out = np.full((len(rows), length, *trailing), fill, dtype=dtype)
+    mask = np.zeros((len(rows), length), dtype=bool)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+        mask[i, : len(row)] = True
+    return out, mask

@@ -1,0 +1,363 @@
+"""The embedded click simulator: users, items, an initial ranker and a list-aware click model.
+
+Equations and their symbols are in docs/simulator.md; each function names the equation it
+implements. Everything is vectorized over lists and deterministic given ``SimulatorConfig.seed``.
+Observable data (what models may use) and the hidden truth (what only evaluation may use) are
+written to separate files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from prm.config import SimulatorConfig, from_dict, to_dict
+from prm.io import atomic_path, write_json, write_parquet
+
+SPLITS = ("train", "valid", "test")
+CHUNK = 4096  # lists simulated at once; bounds memory at about CHUNK * L * n_topics floats
+
+
+@dataclass(frozen=True)
+class World:
+    """Users and items; ``taste``, ``saturation``, ``quality`` and ``lift`` are hidden."""
+
+    item_topic: np.ndarray  # (n_items,) int
+    item_dense: np.ndarray  # (n_items, d_item_dense) float32, observable
+    quality: np.ndarray  # (n_items,) hidden quality q_i
+    topic_popularity: np.ndarray  # (T,) pi
+    taste: np.ndarray  # (n_users, T) hidden affinities theta_u
+    saturation: np.ndarray  # (n_users,) hidden lambda_u
+    profile: np.ndarray  # (n_users, d_profile) float32, observable
+    history: np.ndarray  # (n_users, H) int, observable past clicks
+    lift: np.ndarray  # (T, T) 0/1 symmetric: topic pairs that lift each other
+
+
+@dataclass(frozen=True)
+class ClickModel:
+    """Expected clicks of any ordering (Eq. 7-9 of docs/simulator.md)."""
+
+    world: World
+    config: SimulatorConfig
+
+    def attractiveness_logit(
+        self,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        same_topic_above: np.ndarray,
+        lifted: np.ndarray,
+    ) -> np.ndarray:
+        """Eq. 8: z = b + w_r theta_u[t_i] + w_q q_i - lambda_u n_same + w_l lift, elementwise."""
+        c, w = self.config, self.world
+        topic = w.item_topic[item_ids]
+        relevance = w.taste[user_ids[:, None], topic]
+        return (
+            c.click_bias
+            + c.relevance_weight * relevance
+            + c.quality_weight * w.quality[item_ids]
+            - w.saturation[user_ids][:, None] * same_topic_above
+            + c.lift_weight * lifted
+        )
+
+    def examination(self, length: int) -> np.ndarray:
+        """Eq. 7: probability that rank k (1-based) is looked at, 1 / k^eta."""
+        return 1.0 / np.arange(1, length + 1) ** self.config.position_bias
+
+    def click_probabilities(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, mask: np.ndarray
+    ) -> np.ndarray:
+        """(N, L) click probability of each shown item; ``item_ids`` is in display order.
+
+        Real items must come first in each row (padding at the end), as in every list we show.
+        """
+        topics = self.world.item_topic[item_ids]
+        onehot = np.zeros((*item_ids.shape, self.config.n_topics), dtype=np.float32)
+        np.put_along_axis(onehot, topics[..., None], mask[..., None].astype(np.float32), axis=2)
+        above = np.cumsum(onehot, axis=1) - onehot  # (N, L, T) real items strictly above
+        same = np.take_along_axis(above, topics[..., None], axis=2)[..., 0]
+        lifted = np.take_along_axis((above > 0) @ self.world.lift, topics[..., None], axis=2)
+        z = self.attractiveness_logit(user_ids, item_ids, same, lifted[..., 0] > 0)
+        p = self.examination(item_ids.shape[1]) * _sigmoid(z)
+        return np.where(mask, p, 0.0)
+
+    def expected_clicks(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, mask: np.ndarray
+    ) -> np.ndarray:
+        """Eq. 9: (N,) expected number of clicks of each list shown in the given order."""
+        return self.click_probabilities(user_ids, item_ids, mask).sum(axis=1)
+
+    def greedy_oracle(
+        self, user_ids: np.ndarray, item_ids: np.ndarray, mask: np.ndarray
+    ) -> np.ndarray:
+        """Eq. 10: (N, L) order (indices into each list) that fills rank k with the item of
+        highest attractiveness given the items already placed above it.
+
+        Examination does not depend on the item, so at each rank the greedy choice maximises
+        that rank's click probability; it is a strong upper reference, not a proven optimum.
+        """
+        n, length = item_ids.shape
+        topics = self.world.item_topic[item_ids]  # (N, L)
+        rows = np.arange(n)
+        counts = np.zeros((n, self.config.n_topics), dtype=np.float32)  # topics placed so far
+        remaining = np.ones((n, length), dtype=bool)
+        order = np.zeros((n, length), dtype=np.int64)
+        for rank in range(length):
+            same = np.take_along_axis(counts, topics, axis=1)
+            lifted = np.take_along_axis((counts > 0) @ self.world.lift, topics, axis=1) > 0
+            z = self.attractiveness_logit(user_ids, item_ids, same, lifted)
+            # Padded slots come after every real item; placed slots are never taken again.
+            key = np.where(remaining, np.where(mask, z, -1e30), -np.inf)
+            best = np.argmax(key, axis=1)
+            order[:, rank] = best
+            counts[rows, topics[rows, best]] += mask[rows, best]
+            remaining[rows, best] = False
+        return order
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _categorical(rng: np.random.Generator, probs: np.ndarray, size: int) -> np.ndarray:
+    """(rows, size) draws, row r from categorical ``probs[r]`` (inverse CDF)."""
+    cdf = np.cumsum(probs, axis=1)
+    cdf /= cdf[:, -1:]
+    u = rng.random((probs.shape[0], size))
+    return (u[:, :, None] > cdf[:, None, :]).sum(axis=2)
+
+
+def _within_topic(
+    rng: np.random.Generator, world: World, topics: np.ndarray, weight_log: np.ndarray
+) -> np.ndarray:
+    """For each entry of ``topics``, an item of that topic drawn with prob. ∝ exp(weight_log)."""
+    items = np.empty(topics.shape, dtype=np.int64)
+    flat_topics, flat_items = topics.ravel(), items.ravel()
+    for topic in range(len(world.topic_popularity)):
+        members = np.flatnonzero(world.item_topic == topic)
+        where = np.flatnonzero(flat_topics == topic)
+        cdf = np.cumsum(np.exp(weight_log[members]))
+        picks = np.searchsorted(cdf, rng.random(len(where)) * cdf[-1], side="right")
+        flat_items[where] = members[np.minimum(picks, len(members) - 1)]
+    return flat_items.reshape(topics.shape)
+
+
+def make_world(config: SimulatorConfig, rng: np.random.Generator) -> World:
+    """Eq. 1-5: topics, items, users with tastes, profiles and click histories."""
+    c = config
+    topic_popularity = rng.dirichlet(np.full(c.n_topics, 2.0))
+    item_topic = rng.choice(c.n_topics, size=c.n_items, p=topic_popularity)
+    # Every topic gets at least one item so histories and pools can draw from it.
+    item_topic[: c.n_topics] = np.arange(c.n_topics)
+    quality = rng.standard_normal(c.n_items)
+    centroids = rng.standard_normal((c.n_topics, c.d_item_dense - 1))
+    item_dense = np.concatenate(
+        [
+            centroids[item_topic] + 0.8 * rng.standard_normal((c.n_items, c.d_item_dense - 1)),
+            (quality + 0.5 * rng.standard_normal(c.n_items))[:, None],
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+    latent = rng.standard_normal((c.n_users, c.n_topics))
+    taste = c.taste_scale * latent
+    log_sat = rng.standard_normal(c.n_users)
+    saturation = c.saturation_mean * np.exp(
+        c.saturation_spread * log_sat - c.saturation_spread**2 / 2
+    )
+    projection = rng.standard_normal((c.n_topics, c.d_profile - 1)) / np.sqrt(c.n_topics)
+    profile = np.concatenate(
+        [
+            latent @ projection * 2.0
+            + c.profile_noise * rng.standard_normal((c.n_users, c.d_profile - 1)),
+            (log_sat + c.profile_noise * rng.standard_normal(c.n_users))[:, None],
+        ],
+        axis=1,
+    ).astype(np.float32)
+
+    lift = np.zeros((c.n_topics, c.n_topics), dtype=np.float32)
+    for _ in range(c.lift_pairs):
+        a, b = rng.choice(c.n_topics, size=2, replace=False)
+        lift[a, b] = lift[b, a] = 1.0
+
+    world = World(
+        item_topic=item_topic,
+        item_dense=item_dense,
+        quality=quality,
+        topic_popularity=topic_popularity,
+        taste=taste,
+        saturation=saturation,
+        profile=profile,
+        history=np.zeros((c.n_users, c.history_length), dtype=np.int64),
+        lift=lift,
+    )
+    history_topics = _categorical(rng, _softmax(taste), c.history_length)
+    history = _within_topic(rng, world, history_topics, quality)
+    return World(**{**world.__dict__, "history": history})
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def initial_lists(
+    config: SimulatorConfig, world: World, user_ids: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Eq. 6: (N, L) item ids: retrieve a candidate pool, rank it point-wise, cut to L."""
+    c = config
+    draws = 2 * c.candidate_pool  # with replacement; duplicates are dropped below
+    retrieval = 0.5 * _softmax(world.taste[user_ids]) + 0.5 * world.topic_popularity
+    topics = _categorical(rng, retrieval, draws)
+    pool = _within_topic(rng, world, topics, 0.5 * world.quality)
+    # Keep the first occurrence of each item, then the first `candidate_pool` distinct ones.
+    by_id = np.argsort(pool, axis=1, kind="stable")
+    sorted_pool = np.take_along_axis(pool, by_id, axis=1)
+    repeat_sorted = np.zeros_like(sorted_pool, dtype=bool)
+    repeat_sorted[:, 1:] = sorted_pool[:, 1:] == sorted_pool[:, :-1]
+    repeat = np.empty_like(repeat_sorted)
+    np.put_along_axis(repeat, by_id, repeat_sorted, axis=1)
+    in_pool = ~repeat & (np.cumsum(~repeat, axis=1) <= c.candidate_pool)
+    if (in_pool.sum(axis=1) < c.list_length).any():
+        raise RuntimeError("candidate pool smaller than list_length; raise candidate_pool")
+
+    noisy_quality = world.item_dense[pool, -1]
+    noisy_taste = world.taste[user_ids[:, None], world.item_topic[pool]]
+    score = (
+        noisy_quality
+        + c.initial_personalization * noisy_taste
+        + c.initial_noise * rng.standard_normal(pool.shape)
+    )
+    score = np.where(in_pool, score, -np.inf)
+    top = np.argsort(-score, axis=1, kind="stable")[:, : c.list_length]
+    return np.take_along_axis(pool, top, axis=1)
+
+
+def simulate_split(
+    config: SimulatorConfig,
+    world: World,
+    n_lists: int,
+    rng: np.random.Generator,
+    progress: bool = True,
+    desc: str = "",
+) -> dict[str, np.ndarray]:
+    """Logged data for one split: users, initial lists, sampled clicks, and the truth."""
+    model = ClickModel(world, config)
+    user_ids = rng.integers(0, config.n_users, size=n_lists)
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("item_ids", "clicks", "expected_initial", "expected_oracle")
+    }
+    for start in tqdm(range(0, n_lists, CHUNK), desc=desc, disable=not progress, unit="chunk"):
+        users = user_ids[start : start + CHUNK]
+        items = initial_lists(config, world, users, rng)
+        mask = np.ones(items.shape, dtype=bool)
+        probabilities = model.click_probabilities(users, items, mask)
+        parts["item_ids"].append(items)
+        parts["clicks"].append((rng.random(items.shape) < probabilities).astype(np.int8))
+        parts["expected_initial"].append(probabilities.sum(axis=1))
+        oracle = np.take_along_axis(items, model.greedy_oracle(users, items, mask), axis=1)
+        parts["expected_oracle"].append(model.expected_clicks(users, oracle, mask))
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    out["user_ids"] = user_ids
+    return out
+
+
+def _list_column(rows: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
+    """(N, L) array -> Arrow list column (lists may be variable length on read)."""
+    n, length = rows.shape
+    offsets = pa.array(np.arange(0, (n + 1) * length, length, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(rows.ravel(), type=value_type))
+
+
+def simulate(config: SimulatorConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Write a full simulated dataset to ``out_dir`` and return its statistics.
+
+    Files: ``items.parquet``, ``users.parquet``, ``lists_{train,valid,test}.parquet``
+    (observable), ``truth/world.npz`` and ``truth/simulator.json`` (hidden, evaluation only),
+    ``stats.json``.
+    """
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    seeds = np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS))
+    world = make_world(config, np.random.default_rng(seeds[0]))
+    n_by_split = dict(
+        zip(SPLITS, (config.n_train_lists, config.n_valid_lists, config.n_test_lists), strict=True)
+    )
+    stats: dict = {"config": to_dict(config), "splits": {}}
+    list_offset = 0
+    for split, seed in zip(SPLITS, seeds[1:], strict=True):
+        logged = simulate_split(
+            config, world, n_by_split[split], np.random.default_rng(seed), progress, split
+        )
+        n = len(logged["user_ids"])
+        table = pa.table(
+            {
+                "list_id": pa.array(np.arange(list_offset, list_offset + n, dtype=np.int64)),
+                "user_id": pa.array(logged["user_ids"].astype(np.int32)),
+                "item_ids": _list_column(logged["item_ids"].astype(np.int32), pa.int32()),
+                "clicks": _list_column(logged["clicks"], pa.int8()),
+            }
+        )
+        write_parquet(out_dir / f"lists_{split}.parquet", table)
+        list_offset += n
+        clicks = logged["clicks"].sum(axis=1)
+        stats["splits"][split] = {
+            "lists": n,
+            "mean_clicks": float(clicks.mean()),
+            "share_lists_with_click": float((clicks > 0).mean()),
+            "mean_expected_clicks_initial": float(logged["expected_initial"].mean()),
+            "mean_expected_clicks_oracle": float(logged["expected_oracle"].mean()),
+        }
+
+    write_parquet(
+        out_dir / "items.parquet",
+        pa.table(
+            {
+                "item_id": pa.array(np.arange(config.n_items, dtype=np.int32)),
+                "topic": pa.array(world.item_topic.astype(np.int16)),
+                "features": _list_column(world.item_dense, pa.float32()),
+            }
+        ),
+    )
+    write_parquet(
+        out_dir / "users.parquet",
+        pa.table(
+            {
+                "user_id": pa.array(np.arange(config.n_users, dtype=np.int32)),
+                "profile": _list_column(world.profile, pa.float32()),
+                "history": _list_column(world.history.astype(np.int32), pa.int32()),
+            }
+        ),
+    )
+    save_truth(world, config, out_dir / "truth")
+    stats["seconds"] = round(time.perf_counter() - started, 2)
+    write_json(out_dir / "stats.json", stats)
+    return stats
+
+
+def save_truth(world: World, config: SimulatorConfig, truth_dir: Path) -> None:
+    """The hidden world, so evaluation can compute expected clicks of any ordering."""
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(truth_dir / "world.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **world.__dict__)
+    write_json(truth_dir / "simulator.json", to_dict(config))
+
+
+def load_click_model(data_dir: str | Path) -> ClickModel:
+    """The click model of a simulated dataset, from its ``truth/`` folder."""
+    truth_dir = Path(data_dir) / "truth"
+    world_path, config_path = truth_dir / "world.npz", truth_dir / "simulator.json"
+    for path in (world_path, config_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: not found; expected counts need a simulated dataset (`prm simulate`)"
+            )
+    config = from_dict(SimulatorConfig, json.loads(config_path.read_text()))
+    with np.load(world_path) as arrays:
+        world = World(**{k: arrays[k] for k in arrays.files})
+    return ClickModel(world, config)

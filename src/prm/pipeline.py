@@ -1,0 +1,287 @@
+"""The end-to-end job as library calls: simulate, pre-train PV, train re-rankers, compare.
+
+The CLI (``prm simulate|pretrain|train|evaluate|demo``) is a thin layer over these functions,
+so a notebook can run the same steps with the same artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from prm.config import ExperimentConfig, PRMConfig, from_dict, to_dict
+from prm.data.batch import ListDataset
+from prm.data.loaders import ListData, load_list_data
+from prm.data.simulator import load_click_model, simulate
+from prm.evaluation.evaluate import (
+    expected_clicks,
+    oracle_scores,
+    per_list_metrics,
+    score_lists,
+)
+from prm.evaluation.metrics import lists_with_click
+from prm.evaluation.significance import mean_std, paired_test
+from prm.io import atomic_path, write_json
+from prm.models.prm import PRM
+from prm.pretrain.ctr import (
+    Impressions,
+    compute_pv,
+    load_ctr,
+    save_ctr,
+    train_ctr,
+)
+from prm.training.checkpoint import load_checkpoint
+from prm.training.trainer import CHECKPOINT, Trainer
+
+CTR_MODEL = "ctr_model.pt"
+
+
+def impressions(dataset: ListDataset) -> Impressions:
+    """Every real (user, item, click) of a split, the pre-training examples."""
+    users = np.broadcast_to(dataset.user_ids[:, None], dataset.mask.shape)
+    return Impressions(
+        user_ids=users[dataset.mask],
+        item_ids=dataset.item_ids[dataset.mask],
+        clicks=dataset.labels[dataset.mask],
+    )
+
+
+def pretrain(
+    config: ExperimentConfig, data: ListData, out_dir: str | Path, progress: bool = True
+) -> dict:
+    """Train the CTR model on the training lists, then cache PV of every list of every split.
+
+    PV is standardized with the training split's mean and std per dimension (stored in the
+    model file), so it enters PRM on the same scale as the item features.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, history = train_ctr(
+        config.pretrain,
+        data.ctr_tables,
+        impressions(data.splits["train"]),
+        impressions(data.splits["valid"]),
+        progress=progress,
+    )
+    save_ctr(model, config.pretrain, out_dir / CTR_MODEL)
+    for split, dataset in data.splits.items():
+        pv = compute_pv(model, dataset.user_ids, dataset.item_ids, dataset.mask)
+        with atomic_path(out_dir / f"pv_{split}.npy") as tmp, open(tmp, "wb") as handle:
+            np.save(handle, pv)
+    report = {"model": config.pretrain.model, "d_pv": model.d_pv, "history": history}
+    write_json(out_dir / "pretrain_metrics.json", report)
+    return report
+
+
+def attach_pv(data: ListData, pretrain_dir: str | Path) -> ListData:
+    """The same data with each split's cached PV (from :func:`pretrain`)."""
+    splits = {}
+    for split, dataset in data.splits.items():
+        path = Path(pretrain_dir) / f"pv_{split}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: PV cache not found; run `prm pretrain` first")
+        pv = np.load(path)
+        if pv.shape[:2] != dataset.mask.shape:
+            raise ValueError(
+                f"{path}: PV of shape {pv.shape} does not match lists {dataset.mask.shape}"
+            )
+        splits[split] = dataset.with_pv(pv)
+    return replace(data, splits=splits)
+
+
+def model_spec(model_config: PRMConfig, dataset: ListDataset) -> dict[str, Any]:
+    return {
+        "kind": "prm",
+        "config": to_dict(model_config),
+        "d_feature": dataset.d_feature,
+        "d_pv": dataset.d_pv,
+    }
+
+
+def build_reranker(spec: dict[str, Any]) -> torch.nn.Module:
+    """A re-ranker from the spec stored in its checkpoint."""
+    if spec["kind"] != "prm":
+        raise ValueError(f"unknown re-ranker kind {spec['kind']!r}")
+    return PRM(from_dict(PRMConfig, spec["config"]), spec["d_feature"], spec["d_pv"])
+
+
+def load_reranker(run_dir: str | Path) -> torch.nn.Module:
+    """The best-on-validation weights of a trained re-ranker."""
+    checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    model = build_reranker(checkpoint["model_spec"])
+    weights = checkpoint["state"]["best_weights"] or checkpoint["weights"]
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def train_reranker(
+    config: ExperimentConfig,
+    data: ListData,
+    run_dir: str | Path,
+    *,
+    model_config: PRMConfig | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> torch.nn.Module:
+    """Train PRM (or PRM-BASE with ``use_pv=False``) and return the best-on-validation model."""
+    model_config = model_config or config.model
+    train_config = config.train if seed is None else replace(config.train, seed=seed)
+    torch.manual_seed(train_config.seed)
+    spec = model_spec(model_config, data.splits["train"])
+    trainer = Trainer(
+        build_reranker(spec),
+        train_config,
+        run_dir,
+        model_spec=spec,
+        eval_config=config.evaluate,
+        progress=progress,
+    )
+    trainer.fit(data.splits["train"], data.splits["valid"], resume=resume)
+    return trainer.model.eval()
+
+
+def measure(
+    scores: dict[str, np.ndarray], dataset: ListDataset, config: ExperimentConfig, click_model
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per-list expected clicks and ranking metrics of every scored ordering."""
+    out = {}
+    for name, model_scores in scores.items():
+        per_list = per_list_metrics(model_scores, dataset, config.evaluate)
+        if click_model is not None:
+            per_list["expected_clicks"] = expected_clicks(click_model, dataset, model_scores)
+        out[name] = per_list
+    return out
+
+
+def compare(per_model_seeds: dict[str, list[dict[str, np.ndarray]]], dataset: ListDataset) -> dict:
+    """Mean ± std over seeds, share of the oracle's gain, paired tests across test lists.
+
+    Ranking metrics are averaged over lists with a click; expected clicks over all lists.
+    Paired tests use each list's value averaged over seeds.
+    """
+    clicked = lists_with_click(dataset.labels, dataset.mask)
+    per_list_mean = {
+        name: {k: np.mean([run[k] for run in runs], axis=0) for k in runs[0]}
+        for name, runs in per_model_seeds.items()
+    }
+
+    def list_mean(run: dict[str, np.ndarray], key: str) -> float:
+        values = run[key]
+        return float(values.mean() if key == "expected_clicks" else values[clicked].mean())
+
+    initial_clicks = list_mean(per_list_mean["initial"], "expected_clicks")
+    oracle_gain = list_mean(per_list_mean["oracle"], "expected_clicks") - initial_clicks
+    models: dict[str, dict[str, float]] = {}
+    for name, runs in per_model_seeds.items():
+        row: dict[str, float] = {"seeds": len(runs)}
+        for key in runs[0]:
+            mean, std = mean_std(np.array([list_mean(run, key) for run in runs]))
+            row[key], row[f"{key}_std"] = mean, std
+        gains = [
+            100 * (list_mean(run, "expected_clicks") - initial_clicks) / oracle_gain for run in runs
+        ]
+        row["oracle_gain_pct"], row["oracle_gain_pct_std"] = mean_std(np.array(gains))
+        if name != "initial":
+            test = paired_test(
+                per_list_mean[name]["expected_clicks"], per_list_mean["initial"]["expected_clicks"]
+            )
+            row["p_value_vs_initial"] = test["t_pvalue"]
+        models[name] = row
+    return {"models": models, "lists": int(len(clicked)), "lists_with_click": int(clicked.sum())}
+
+
+def pairwise_tests(
+    per_model_seeds: dict[str, list[dict[str, np.ndarray]]],
+    pairs: list[tuple[str, str]],
+    key: str = "expected_clicks",
+) -> list[dict[str, Any]]:
+    """Paired t-tests across test lists (values averaged over seeds) for the claims we make."""
+    out = []
+    for better, worse in pairs:
+        a = np.mean([run[key] for run in per_model_seeds[better]], axis=0)
+        b = np.mean([run[key] for run in per_model_seeds[worse]], axis=0)
+        test = paired_test(a, b)
+        out.append({"a": better, "b": worse, "metric": key, **test})
+    return out
+
+
+def machine() -> str:
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, no GPU used"
+    )
+
+
+def demo(config: ExperimentConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """simulate → pre-train PV → train PRM-BASE and PRM per seed → compare on the test lists."""
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    data_dir = out_dir / "data"
+    simulate(config.simulator, data_dir, progress=progress)
+    timings["simulate"] = time.perf_counter() - started
+
+    step = time.perf_counter()
+    data = load_list_data(data_dir)
+    pretrain(config, data, out_dir / "pretrain", progress=progress)
+    data = attach_pv(data, out_dir / "pretrain")
+    timings["pretrain"] = time.perf_counter() - step
+
+    test = data.splits["test"]
+    click_model = load_click_model(data_dir)
+    ctr_model = load_ctr(out_dir / "pretrain" / CTR_MODEL)
+    with torch.no_grad():
+        ctr_scores = (
+            ctr_model(
+                torch.from_numpy(np.repeat(test.user_ids, test.list_length)),
+                torch.from_numpy(test.item_ids.ravel()),
+            )
+            .reshape(test.mask.shape)
+            .numpy()
+        )
+    fixed = {
+        "initial": -test.positions.astype(np.float32),
+        "ctr_sort": ctr_scores,
+        "oracle": oracle_scores(click_model, test),
+    }
+    per_model_seeds = {
+        name: [run] for name, run in measure(fixed, test, config, click_model).items()
+    }
+
+    step = time.perf_counter()
+    variants = {"prm_base": replace(config.model, use_pv=False), "prm": config.model}
+    for name, model_config in variants.items():
+        per_model_seeds[name] = []
+        for seed in config.seeds:
+            model = train_reranker(
+                config,
+                data,
+                out_dir / "runs" / f"{name}_seed{seed}",
+                model_config=model_config,
+                seed=seed,
+                progress=progress,
+            )
+            scores = {name: score_lists(model, test, device=config.train.device)}
+            per_model_seeds[name].append(measure(scores, test, config, click_model)[name])
+    timings["train"] = time.perf_counter() - step
+
+    order = ["initial", "ctr_sort", "prm_base", "prm", "oracle"]
+    results = compare({name: per_model_seeds[name] for name in order}, test)
+    results["tests"] = pairwise_tests(
+        per_model_seeds,
+        [("prm", "prm_base"), ("prm_base", "initial"), ("prm", "initial"), ("prm", "ctr_sort")],
+    )
+    results["map_convention"] = config.evaluate.map_convention
+    results["machine"] = machine()
+    results["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    results["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    results["config"] = to_dict(config)
+    write_json(out_dir / "results.json", results)
+    return results

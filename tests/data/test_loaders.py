@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prm.data.batch import ListDataset
+from prm.data.loaders import DataError, load_items, load_list_data, load_lists
+
+
+def test_round_trip_matches_the_parquet_rows(tiny_data_dir: Path, tiny_config) -> None:
+    data = load_list_data(tiny_data_dir)
+    raw = pq.read_table(tiny_data_dir / "lists_valid.parquet").to_pydict()
+    valid = data.splits["valid"]
+    assert len(valid) == tiny_config.simulator.n_valid_lists
+    assert valid.item_ids[5].tolist() == raw["item_ids"][5]
+    assert valid.labels[5].tolist() == raw["clicks"][5]
+    items = load_items(tiny_data_dir / "items.parquet")
+    np.testing.assert_array_equal(valid.features[5], items.features[raw["item_ids"][5]])
+    assert valid.positions[5].tolist() == list(range(tiny_config.simulator.list_length))
+    assert data.ctr_tables.item_features.shape[1] == valid.d_feature
+
+
+def _write_lists(path: Path, item_ids: list, clicks: list, users: list | None = None) -> None:
+    n = len(item_ids)
+    pq.write_table(
+        pa.table(
+            {
+                "list_id": pa.array(range(100, 100 + n), pa.int64()),
+                "user_id": pa.array(users or [0] * n, pa.int32()),
+                "item_ids": pa.array(item_ids, pa.list_(pa.int32())),
+                "clicks": pa.array(clicks, pa.list_(pa.int8())),
+            }
+        ),
+        path,
+    )
+
+
+def test_variable_length_lists_are_padded_and_masked(tiny_data_dir: Path, tmp_path: Path) -> None:
+    items = load_items(tiny_data_dir / "items.parquet")
+    path = tmp_path / "lists.parquet"
+    _write_lists(path, [[3, 1, 2], [7], [4, 5]], [[0, 1, 0], [1], [0, 0]])
+    data = load_lists(path, items, n_users=10)
+    assert data.mask.tolist() == [[True] * 3, [True, False, False], [True, True, False]]
+    assert (data.features[~data.mask] == 0).all()
+    assert (data.labels[~data.mask] == 0).all()
+    assert data.has_click().tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("item_ids", "clicks", "users", "message"),
+    [
+        ([[1, 2], [3, 4]], [[0, 1], [0]], None, r"row 1 \(list_id 101\): item_ids and clicks"),
+        ([[1, 2], [3, 10_000]], [[0, 1], [0, 0]], None, r"row 1 .*item id outside"),
+        ([[1, 2], [3, 4]], [[0, 2], [0, 0]], None, r"row 0 .*clicks must be 0 or 1"),
+        ([[1, 2], []], [[0, 1], []], None, r"row 1 .*empty list"),
+        ([[1, 2], [3, 4]], [[0, 1], [0, 0]], [0, 99], r"row 1 .*unknown user_id"),
+    ],
+)
+def test_malformed_rows_name_the_file_and_row(
+    tiny_data_dir: Path, tmp_path: Path, item_ids, clicks, users, message
+) -> None:
+    items = load_items(tiny_data_dir / "items.parquet")
+    path = tmp_path / "bad.parquet"
+    _write_lists(path, item_ids, clicks, users)
+    with pytest.raises(DataError, match=f"bad.parquet: {message}"):
+        load_lists(path, items, n_users=10)
+
+
+def test_missing_and_broken_files(tiny_data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="nowhere: data folder not found.*prm simulate"):
+        load_list_data(tmp_path / "nowhere")
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_data_dir, copy)
+    (copy / "lists_test.parquet").unlink()
+    with pytest.raises(DataError, match="lists_test.parquet: file not found"):
+        load_list_data(copy)
+    (copy / "lists_test.parquet").write_text("list_id,user_id\n1,2\n")
+    with pytest.raises(DataError, match="lists_test.parquet: not a readable Parquet file"):
+        load_list_data(copy)
+    pq.write_table(pa.table({"list_id": [1], "user_id": [0]}), copy / "lists_test.parquet")
+    with pytest.raises(DataError, match="missing column.*item_ids.*clicks"):
+        load_list_data(copy)
+
+
+def test_dataset_batches_cover_every_list_once(tiny_data_dir: Path) -> None:
+    import torch
+
+    data: ListDataset = load_list_data(tiny_data_dir, splits=("valid",)).splits["valid"]
+    seen = torch.cat(
+        [b.list_ids for b in data.iter_batches(64, shuffle=True, generator=torch.Generator())]
+    )
+    assert sorted(seen.tolist()) == sorted(data.list_ids.tolist())

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prm.config import ConfigError, ExperimentConfig, from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_committed_config_loads(path: Path) -> None:
+    assert isinstance(load_config(path), ExperimentConfig)
+
+
+def test_values_are_typed_and_nested() -> None:
+    config = from_dict(
+        ExperimentConfig, {"seeds": [1, 2], "train": {"lr": 1}, "evaluate": {"ks": [3]}}
+    )
+    assert config.seeds == (1, 2)
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+    assert config.evaluate.ks == (3,)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"trian": {}}, "unknown config key.*trian"),
+        ({"train": {"learning_rate": 0.1}}, r"unknown config key.*train\.learning_rate"),
+        ({"train": {"lr": "fast"}}, r"train\.lr: expected float, got str"),
+        ({"train": {"epochs": 2.5}}, r"train\.epochs: expected int"),
+        ({"model": {"use_pv": 1}}, r"model\.use_pv: expected bool"),
+        ({"pretrain": {"model": "xgboost"}}, r"pretrain\.model: expected one of"),
+        ({"evaluate": {"ks": [5, "ten"]}}, r"evaluate\.ks\[1\]: expected int"),
+        ({"simulator": 3}, r"simulator: expected a mapping"),
+    ],
+)
+def test_bad_config_is_rejected_by_name(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ExperimentConfig, data)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid yaml"):
+        load_config(bad)
+    bad.write_text("train:\n  lr: x\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train\.lr"):
+        load_config(bad)
