@@ -1,0 +1,70 @@
+"""The `prm` commands end to end on the tiny config, and their errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from prm.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def test_simulate_pretrain_train_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data, pv, run = tmp_path / "data", tmp_path / "pv", tmp_path / "run"
+    assert main(["simulate", "--config", TINY, "--out", str(data), "--quiet"]) == 0
+    assert (
+        main(["pretrain", "--config", TINY, "--data", str(data), "--out", str(pv), "--quiet"]) == 0
+    )
+    assert {p.name for p in pv.iterdir()} >= {"ctr_model.pt", "pv_train.npy", "pv_test.npy"}
+    args = ["--config", TINY, "--data", str(data), "--pv", str(pv), "--quiet"]
+    assert main(["train", *args, "--out", str(run)]) == 0
+    assert main(["evaluate", *args, "--run", str(run)]) == 0
+    metrics = json.loads((run / "eval_test.json").read_text())
+    assert {"ndcg@10", "map@10", "p@5", "expected_clicks"} <= metrics.keys()
+    assert "ndcg@10" in capsys.readouterr().out
+
+
+def test_demo_writes_the_results_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["demo", "--config", TINY, "--out", str(tmp_path), "--quiet"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["models"]) == ["initial", "ctr_sort", "prm_base", "prm", "oracle"]
+    for row in results["models"].values():
+        assert {"expected_clicks", "oracle_gain_pct", "ndcg@10", "map@10"} <= row.keys()
+    assert results["models"]["oracle"]["oracle_gain_pct"] == pytest.approx(100)
+    assert results["models"]["initial"]["oracle_gain_pct"] == pytest.approx(0)
+    out = capsys.readouterr().out
+    assert "| PRM |" in out and "| PRM-BASE |" in out and "greedy oracle" in out
+
+
+def test_train_without_pv_asks_for_it(tiny_data_dir: Path, tmp_path: Path, capsys) -> None:
+    code = main(
+        ["train", "--config", TINY, "--data", str(tiny_data_dir), "--out", str(tmp_path / "r")]
+    )
+    assert code == 2
+    assert "--pv" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_data_names_the_file_and_leaves_no_output(
+    tiny_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    (data / "lists_valid.parquet").write_bytes(b"PAR1 not really")
+    out = tmp_path / "pv"
+    assert main(["pretrain", "--config", TINY, "--data", str(data), "--out", str(out)]) == 2
+    assert "lists_valid.parquet: not a readable Parquet file" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_config_is_rejected_by_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  n_head: 4\n")
+    assert main(["simulate", "--config", str(config), "--out", str(tmp_path / "d")]) == 2
+    assert "model.n_head" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prm.data.loaders import load_list_data
+from prm.pipeline import load_reranker, train_reranker
+
+
+def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+def test_resume_reaches_the_same_weights_and_metrics(tiny_data_dir: Path, tiny_config, tmp_path):
+    config = replace(tiny_config, train=replace(tiny_config.train, epochs=3, patience=10))
+    data = load_list_data(tiny_data_dir)
+    base = replace(config.model, use_pv=False)
+
+    straight = train_reranker(
+        config, data, tmp_path / "straight", model_config=base, progress=False
+    )
+    # An "interrupted" run: two epochs, then a fresh process resumes to three.
+    interrupted = replace(config, train=replace(config.train, epochs=2))
+    train_reranker(interrupted, data, tmp_path / "resumed", model_config=base, progress=False)
+    torch.manual_seed(12345)  # the resumed run must not depend on the caller's RNG state
+    resumed = train_reranker(
+        config, data, tmp_path / "resumed", model_config=base, resume=True, progress=False
+    )
+
+    for a, b in zip(_weights(straight), _weights(resumed), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    history = [json.loads((tmp_path / run / "metrics.json").read_text())["history"]
+               for run in ("straight", "resumed")]  # fmt: skip
+    assert len(history[0]) == len(history[1]) == 3
+    for row_a, row_b in zip(*history, strict=True):
+        assert {k: v for k, v in row_a.items() if k != "seconds"} == {
+            k: v for k, v in row_b.items() if k != "seconds"
+        }
+
+
+def test_artifacts_are_complete_and_no_temporary_files_remain(
+    tiny_data_dir: Path, tiny_config, tmp_path: Path
+) -> None:
+    data = load_list_data(tiny_data_dir)
+    run = tmp_path / "run"
+    model = train_reranker(
+        tiny_config, data, run, model_config=replace(tiny_config.model, use_pv=False),
+        progress=False,
+    )  # fmt: skip
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt", "metrics.json", "training_curve.png",
+    ]  # fmt: skip
+    assert (run / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] >= 1
+    reloaded = load_reranker(run)
+    batch = data.splits["test"].batch(np.arange(8))
+    model.eval()
+    torch.testing.assert_close(reloaded(batch), model(batch))
