@@ -1,0 +1,99 @@
+"""The encoding layer's parts: multi-head self-attention, feed-forward network, encoder block.
+
+Shapes: ``B`` lists, ``L`` slots per list, ``d`` = ``d_model``, ``h`` heads of ``d_k = d / h``.
+``mask`` is (B, L) bool, True at real items; padded items are never attended to.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def attendable_keys(mask: Tensor) -> Tensor:
+    """(B, L) bool: the keys each query of a list may attend to.
+
+    Real items only, except in a list with no real item: there every key is allowed. Softmax over
+    an empty key set is 0/0 = NaN, which would spread through LayerNorm and into the gradients
+    even though every output of such a list is masked later; attending to garbage is harmless.
+    """
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """MH(E) = Concat(head_1, ..., head_h) W^O with head_i = softmax(Q_i K_i^T / sqrt(d_k)) V_i.
+
+    The fast path is PyTorch's fused ``scaled_dot_product_attention``; the explicit path computes
+    the same weights by hand so they can be returned for plots. No dropout on the weights, so
+    both paths agree in training mode too (the encoder block drops the output instead).
+    """
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)  # W^Q, W^K, W^V of all heads at once
+        self.out = nn.Linear(d_model, d_model)  # W^O
+
+    def forward(
+        self, x: Tensor, mask: Tensor, *, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """(B, L, d) outputs, and (B, h, L, L) attention weights if ``need_weights``."""
+        batch, length, d_model = x.shape
+        d_k = d_model // self.n_heads
+        q, k, v = self.qkv(x).split(d_model, dim=-1)  # 3 x (B, L, d)
+        q = q.view(batch, length, self.n_heads, d_k).transpose(1, 2)  # (B, h, L, d_k)
+        k = k.view(batch, length, self.n_heads, d_k).transpose(1, 2)  # (B, h, L, d_k)
+        v = v.view(batch, length, self.n_heads, d_k).transpose(1, 2)  # (B, h, L, d_k)
+        keys = attendable_keys(mask)[:, None, None, :]  # (B, 1, 1, L)
+
+        if need_weights:
+            logits = q @ k.transpose(-2, -1) / math.sqrt(d_k)  # (B, h, L, L)
+            weights = logits.masked_fill(~keys, float("-inf")).softmax(dim=-1)  # (B, h, L, L)
+            heads = weights @ v  # (B, h, L, d_k)
+        else:
+            weights = None
+            heads = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)  # (B, h, L, d_k)
+
+        heads = heads.transpose(1, 2).reshape(batch, length, d_model)  # (B, L, d)
+        return self.out(heads), weights
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = ReLU(x W_1 + b_1) W_2 + b_2, applied to each item on its own."""
+
+    def __init__(self, d_model: int, d_ff: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, d_ff)
+        self.down = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.relu(self.up(x)))
+
+
+class EncoderBlock(nn.Module):
+    """One encoding block, post-norm as in the paper and Vaswani et al.:
+
+    S' = LayerNorm(S + Dropout(MH(S)))
+    F  = LayerNorm(S' + Dropout(FFN(S')))
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.attention = MultiHeadSelfAttention(d_model, n_heads)
+        self.norm_attention = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_ff)
+        self.norm_ffn = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: Tensor, mask: Tensor, *, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """(B, L, d) -> (B, L, d), plus the (B, h, L, L) attention weights if ``need_weights``."""
+        attended, weights = self.attention(x, mask, need_weights=need_weights)
+        x = self.norm_attention(x + self.dropout(attended))
+        x = self.norm_ffn(x + self.dropout(self.ffn(x)))
+        return x, weights

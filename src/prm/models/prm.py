@@ -1,0 +1,135 @@
+"""PRM, the Personalized Re-ranking Model of Pei et al. (RecSys 2019), Section 4.
+
+The paper's equations and the code that computes them, for one list of ``L`` items:
+
+    Input layer     E' = [X; PV] + PE            InputLayer: concat, then add PE[position]
+                    E  = E' W^E + b^E            InputLayer.project
+    Encoding layer  S' = LN(S + Dropout(MH(S)))  layers.EncoderBlock, N_x = n_blocks times
+                    F  = LN(S' + Dropout(FFN(S')))
+    Output layer    Score = softmax(F W^F + b^F) OutputLayer gives the logits F W^F + b^F;
+                                                 the softmax is in list_softmax and the loss
+    Loss            L = -sum_i y_i log Score_i   training.losses.softmax_cross_entropy
+
+PE is a learnable table indexed by each item's rank in the initial list. PRM-BASE is
+``use_pv=False``: the personalized vectors PV are dropped from the input.
+
+Shapes: ``B`` lists, ``L`` slots, ``d_in = d_feature + d_pv`` (or ``d_feature`` without PV),
+``d`` = ``d_model``. Padded slots (``mask`` False) are never attended to and score -inf.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from prm.config import PRMConfig
+from prm.data.batch import ListBatch
+from prm.models.layers import EncoderBlock
+
+
+class InputLayer(nn.Module):
+    """E = ([X; PV] + PE) W^E + b^E: item features, personalized vector and initial rank."""
+
+    def __init__(self, config: PRMConfig, d_feature: int, d_pv: int) -> None:
+        super().__init__()
+        self.use_pv = config.use_pv
+        self.use_pe = config.use_pe
+        self.max_positions = config.max_positions
+        d_in = d_feature + (d_pv if config.use_pv else 0)
+        if self.use_pe:
+            self.position = nn.Embedding(config.max_positions, d_in)  # PE
+            nn.init.normal_(self.position.weight, std=0.02)  # small next to the features
+        self.project = nn.Linear(d_in, config.d_model)  # W^E, b^E
+
+    def forward(self, features: Tensor, pv: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
+        """(B, L, d_feature), (B, L, d_pv), (B, L) int64, (B, L) bool -> (B, L, d)."""
+        x = torch.cat([features, pv], dim=-1) if self.use_pv else features  # (B, L, d_in)
+        if self.use_pe:
+            # Padded slots may hold any position; look up row 0 for them instead.
+            positions = torch.where(mask, positions, torch.zeros_like(positions))  # (B, L)
+            x = x + self.position(positions)  # (B, L, d_in)
+        return self.project(x)  # (B, L, d)
+
+
+class OutputLayer(nn.Module):
+    """Logits F W^F + b^F, one per item; the paper's softmax over the list comes later."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_model, 1)  # W^F, b^F
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L, d) -> (B, L)."""
+        return self.linear(x).squeeze(-1)  # (B, L)
+
+
+def list_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """(B, L) probabilities softmax(scores) over the real items of each list, 0 at padding.
+
+    Padded slots get the lowest finite logit rather than -inf, so a list with no real item
+    gives zeros instead of 0/0 = NaN.
+    """
+    logits = torch.where(mask, scores, torch.finfo(scores.dtype).min)  # (B, L)
+    return torch.where(mask, logits.softmax(dim=-1), 0.0)  # (B, L)
+
+
+class PRM(nn.Module):
+    """Input layer, ``n_blocks`` encoder blocks, output layer: one score per item of each list."""
+
+    def __init__(self, config: PRMConfig, d_feature: int, d_pv: int) -> None:
+        super().__init__()
+        self.config = config
+        self.d_feature = d_feature
+        self.d_pv = d_pv
+        self.input = InputLayer(config, d_feature, d_pv)
+        self.blocks = nn.ModuleList(
+            EncoderBlock(config.d_model, config.n_heads, config.d_ff, config.dropout)
+            for _ in range(config.n_blocks)
+        )
+        self.output = OutputLayer(config.d_model)
+
+    def forward(self, batch: ListBatch) -> Tensor:
+        """(B, L) score logits, -inf at padded slots so sorting and softmax skip them."""
+        scores, _ = self._encode(batch, need_weights=False)
+        return scores
+
+    def forward_with_attention(self, batch: ListBatch) -> tuple[Tensor, list[Tensor]]:
+        """Scores as ``forward``, and each block's (B, n_heads, L, L) attention weights."""
+        scores, weights = self._encode(batch, need_weights=True)
+        return scores, weights
+
+    @torch.no_grad()
+    def rerank(self, batch: ListBatch) -> Tensor:
+        """(B, L) int64: slot indices by score, highest first; padded slots last, in slot order."""
+        return torch.argsort(self(batch), dim=-1, descending=True, stable=True)
+
+    def _encode(self, batch: ListBatch, *, need_weights: bool) -> tuple[Tensor, list[Tensor]]:
+        self._check_inputs(batch)
+        mask = batch.mask
+        x = self.input(batch.features, batch.pv, batch.positions, mask)  # (B, L, d)
+        weights = []
+        for block in self.blocks:
+            x, block_weights = block(x, mask, need_weights=need_weights)  # (B, L, d)
+            if block_weights is not None:
+                weights.append(block_weights)
+        scores = self.output(x)  # (B, L)
+        return scores.masked_fill(~mask, float("-inf")), weights
+
+    def _check_inputs(self, batch: ListBatch) -> None:
+        """Clear errors for inputs that would otherwise fail deep inside (or silently)."""
+        if batch.features.shape[-1] != self.d_feature:
+            raise ValueError(
+                f"features have d={batch.features.shape[-1]}, PRM expects {self.d_feature}"
+            )
+        if self.config.use_pv and batch.pv.shape[-1] != self.d_pv:
+            raise ValueError(f"pv has d={batch.pv.shape[-1]}, PRM expects d_pv={self.d_pv}")
+        # The range check reads tensor values, which a traced or exported graph cannot branch on;
+        # callers of an exported model must keep positions in range themselves.
+        if not self.config.use_pe or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return
+        real = batch.positions[batch.mask]
+        if real.numel() and (real.min() < 0 or real.max() >= self.config.max_positions):
+            raise ValueError(
+                f"initial positions must lie in [0, {self.config.max_positions}) "
+                f"(PRMConfig.max_positions); got [{int(real.min())}, {int(real.max())}]"
+            )
