@@ -63,6 +63,15 @@ def planted_task(seed: int = 0) -> tuple[CTRTables, Impressions, Impressions]:
     return tables, impressions(20_000), impressions(5_000)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: a second intra-op thread only adds sync, ~20x slower on a busy box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def task() -> tuple[CTRTables, Impressions, Impressions]:
     return planted_task()

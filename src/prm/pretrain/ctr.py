@@ -1,0 +1,467 @@
+"""Personalized pre-training (PRM paper, Section 4.2): a CTR model whose hidden vector is PV.
+
+A click-through-rate model is trained with a sigmoid and log loss on logged clicks, from the
+user's profile, the user's click history and the item's features. The vector that feeds its
+final sigmoid layer is the personalized vector PV(u, i) of item i for user u, an input of PRM.
+
+Every model sees the same four fields, each an ``embedding_dim`` vector:
+
+- ``profile``: a linear map of the user's dense profile;
+- ``history``: the masked mean of the id embeddings of the user's past clicks (zeros when the
+  history is empty);
+- ``item_id``: the candidate's id embedding, shared with the history so the two are comparable;
+- ``item_dense``: a linear map of the candidate's dense features.
+
+How the history relates to the candidate is left to each model's feature interactions. The
+lookup tables live in the model as buffers, so the model alone maps ``(user_id, item_id)`` to
+PV, with no value-dependent control flow (so that it exports to ONNX).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+from torch import nn
+from tqdm import tqdm
+
+from prm.config import PretrainConfig, from_dict, to_dict
+
+N_FIELDS = 4  # profile, history, item_id, item_dense
+
+
+@dataclass(frozen=True)
+class CTRTables:
+    """Per-user and per-item inputs of the CTR model, indexed by user id and by item id."""
+
+    profile: np.ndarray  # (n_users, d_profile) float32: dense user profile
+    history: np.ndarray  # (n_users, H) int64: item ids of past clicks, any valid id at padding
+    history_mask: np.ndarray  # (n_users, H) bool: True at real past clicks
+    item_features: np.ndarray  # (n_items, d_item) float32: dense item features
+
+    def __post_init__(self) -> None:
+        n_users = self.profile.shape[0]
+        if self.history.shape != self.history_mask.shape or self.history.shape[0] != n_users:
+            raise ValueError(
+                f"CTRTables: profile {self.profile.shape}, history {self.history.shape} and "
+                f"history_mask {self.history_mask.shape} disagree on users or history length"
+            )
+        n_items = self.item_features.shape[0]
+        if self.history.size and (self.history.min() < 0 or self.history.max() >= n_items):
+            raise ValueError(f"CTRTables: history holds item ids outside [0, {n_items})")
+
+
+@dataclass(frozen=True)
+class Impressions:
+    """Logged impressions, one (user, item, click) triple per shown item."""
+
+    user_ids: np.ndarray  # (N,) int64
+    item_ids: np.ndarray  # (N,) int64
+    clicks: np.ndarray  # (N,) float32 in {0, 1}
+
+    def __post_init__(self) -> None:
+        shapes = {self.user_ids.shape, self.item_ids.shape, self.clicks.shape}
+        if len(shapes) != 1 or len(self.user_ids.shape) != 1:
+            raise ValueError(f"Impressions: expected equal 1-D arrays, got shapes {shapes}")
+
+    def __len__(self) -> int:
+        return self.user_ids.shape[0]
+
+
+class Inputs(NamedTuple):
+    """The raw inputs of a batch of ``B`` (user, item) pairs, looked up in the tables."""
+
+    profile: torch.Tensor  # (B, d_profile)
+    history: torch.Tensor  # (B, H) item ids
+    history_mask: torch.Tensor  # (B, H) bool
+    item_ids: torch.Tensor  # (B,)
+    item_features: torch.Tensor  # (B, d_item)
+
+
+class TableLookup(nn.Module):
+    """The CTRTables as buffers, so they travel with the state dict and an exported graph."""
+
+    def __init__(self, tables: CTRTables) -> None:
+        super().__init__()
+        self.register_buffer("profile", torch.as_tensor(tables.profile, dtype=torch.float32))
+        self.register_buffer("history", torch.as_tensor(tables.history, dtype=torch.int64))
+        self.register_buffer("history_mask", torch.as_tensor(tables.history_mask, dtype=torch.bool))
+        self.register_buffer(
+            "item_features", torch.as_tensor(tables.item_features, dtype=torch.float32)
+        )
+
+    def shapes(self) -> dict[str, int]:
+        """Sizes that rebuild an empty model of this shape (see :func:`load_ctr`)."""
+        return {
+            "n_users": self.profile.shape[0],
+            "d_profile": self.profile.shape[1],
+            "history_length": self.history.shape[1],
+            "n_items": self.item_features.shape[0],
+            "d_item": self.item_features.shape[1],
+        }
+
+    def forward(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> Inputs:
+        return Inputs(
+            profile=self.profile[user_ids],
+            history=self.history[user_ids],
+            history_mask=self.history_mask[user_ids],
+            item_ids=item_ids,
+            item_features=self.item_features[item_ids],
+        )
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` (B, H, d) over the True slots of ``mask`` (B, H); zeros if none."""
+    weights = mask.to(values.dtype).unsqueeze(-1)  # (B, H, 1)
+    return (values * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, d)
+
+
+class FieldEmbedding(nn.Module):
+    """The four fields every model sees, each a ``dim`` vector; ``dim=1`` gives FM's weights."""
+
+    def __init__(self, shapes: dict[str, int], dim: int) -> None:
+        super().__init__()
+        self.profile = nn.Linear(shapes["d_profile"], dim)
+        self.item_id = nn.Embedding(shapes["n_items"], dim)
+        self.item_dense = nn.Linear(shapes["d_item"], dim)
+        nn.init.normal_(self.item_id.weight, std=0.01)  # small, so FM's products start near 0
+
+    def forward(self, x: Inputs) -> torch.Tensor:
+        fields = [
+            self.profile(x.profile),  # (B, dim)
+            masked_mean(self.item_id(x.history), x.history_mask),  # (B, H, dim) -> (B, dim)
+            self.item_id(x.item_ids),  # (B, dim)
+            self.item_dense(x.item_features),  # (B, dim)
+        ]
+        return torch.stack(fields, dim=1)  # (B, N_FIELDS, dim)
+
+
+def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
+    """FM's pairwise term as a vector: 0.5 ((Σ_f v_f)² − Σ_f v_f²), (B, F, k) -> (B, k).
+
+    Its coordinates sum to Σ_{f<g} <v_f, v_g>, the second-order part of the FM logit.
+    """
+    return 0.5 * (fields.sum(1).square() - fields.square().sum(1))
+
+
+def mlp(d_in: int, hidden_dims: tuple[int, ...]) -> nn.Sequential:
+    """Linear + ReLU layers of widths ``hidden_dims``."""
+    layers: list[nn.Module] = []
+    for d_out in hidden_dims:
+        layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+        d_in = d_out
+    return nn.Sequential(*layers)
+
+
+class CrossNetwork(nn.Module):
+    """DCN's cross layers, x_{l+1} = x_0 (x_l · w_l) + b_l + x_l: explicit crosses of degree l+1."""
+
+    def __init__(self, d: int, n_layers: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_layers, d) / math.sqrt(d))
+        self.bias = nn.Parameter(torch.zeros(n_layers, d))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0  # (B, d)
+        for layer in range(self.weight.shape[0]):
+            x = x0 * (x @ self.weight[layer]).unsqueeze(-1) + self.bias[layer] + x  # (B, d)
+        return x
+
+
+class OutputLayer(nn.Module):
+    """The input of the final sigmoid: bias + Σ hidden[:n_fixed] + w · hidden[n_fixed:].
+
+    The first ``n_fixed`` coordinates (FM's terms) enter with weight 1, as in the FM and DeepFM
+    papers; the rest through a learned linear layer to one unit.
+    """
+
+    def __init__(self, n_fixed: int, n_learned: int) -> None:
+        super().__init__()
+        bound = 1.0 / math.sqrt(max(n_learned, 1))
+        self.register_buffer("fixed", torch.ones(n_fixed), persistent=False)
+        self.weight = nn.Parameter(torch.empty(n_learned).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    @property
+    def d_in(self) -> int:
+        return self.fixed.shape[0] + self.weight.shape[0]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ torch.cat([self.fixed, self.weight]) + self.bias  # (B, d_pv) -> (B,)
+
+
+class CTRModel(nn.Module):
+    """(user, item) -> PV = ``hidden`` -> click logit = ``output(PV)``."""
+
+    output: OutputLayer
+
+    def __init__(self, tables: CTRTables, embedding_dim: int) -> None:
+        super().__init__()
+        self.tables = TableLookup(tables)
+        self.fields = FieldEmbedding(self.tables.shapes(), embedding_dim)
+
+    @property
+    def d_pv(self) -> int:
+        return self.output.d_in
+
+    def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        """(B,), (B,) -> (B, d_pv): the personalized vector, the input of the final sigmoid."""
+        raise NotImplementedError
+
+    def forward(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        """(B,), (B,) -> (B,) click logits."""
+        return self.output(self.hidden(user_ids, item_ids))
+
+
+class FM(CTRModel):
+    """Factorization machine (Rendle, ICDM 2010) over the four fields.
+
+    PV = [w_1, ..., w_F, 0.5 ((Σ v_f)² − Σ v_f²)], (F + k): the first-order term of each field
+    and the pairwise-interaction vector. The logit is their plain sum plus a bias, so PV is
+    exactly FM's decomposition of its own score.
+    """
+
+    def __init__(self, tables: CTRTables, embedding_dim: int) -> None:
+        super().__init__(tables, embedding_dim)
+        self.first_order = FieldEmbedding(self.tables.shapes(), 1)
+        self.output = OutputLayer(N_FIELDS + embedding_dim, 0)
+
+    def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        x = self.tables(user_ids, item_ids)
+        first = self.first_order(x).squeeze(-1)  # (B, F, 1) -> (B, F)
+        return torch.cat([first, fm_interaction(self.fields(x))], dim=-1)  # (B, F + k)
+
+
+class DeepFM(CTRModel):
+    """DeepFM (Guo et al., IJCAI 2017): an FM and a DNN sharing the field embeddings.
+
+    PV = [FM first-order terms (F), FM interaction vector (k), DNN last layer (hidden_dims[-1])];
+    the logit adds the FM terms with weight 1 and the DNN layer through a linear unit, as
+    y = sigmoid(y_FM + y_DNN) in the paper.
+    """
+
+    def __init__(self, tables: CTRTables, embedding_dim: int, hidden_dims: tuple[int, ...]) -> None:
+        super().__init__(tables, embedding_dim)
+        self.first_order = FieldEmbedding(self.tables.shapes(), 1)
+        self.dnn = mlp(N_FIELDS * embedding_dim, hidden_dims)
+        self.output = OutputLayer(N_FIELDS + embedding_dim, hidden_dims[-1])
+
+    def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        x = self.tables(user_ids, item_ids)
+        fields = self.fields(x)  # (B, F, k)
+        first = self.first_order(x).squeeze(-1)  # (B, F, 1) -> (B, F)
+        deep = self.dnn(fields.flatten(1))  # (B, F * k) -> (B, h)
+        return torch.cat([first, fm_interaction(fields), deep], dim=-1)  # (B, F + k + h)
+
+
+class DCN(CTRModel):
+    """Deep & Cross Network (Wang et al., ADKDD 2017): a cross network beside a DNN.
+
+    PV = [cross network output (F * k), DNN last layer (hidden_dims[-1])], the paper's
+    combination layer that feeds the final linear unit and sigmoid.
+    """
+
+    def __init__(
+        self,
+        tables: CTRTables,
+        embedding_dim: int,
+        hidden_dims: tuple[int, ...],
+        cross_layers: int,
+    ) -> None:
+        super().__init__(tables, embedding_dim)
+        d_x0 = N_FIELDS * embedding_dim
+        self.cross = CrossNetwork(d_x0, cross_layers)
+        self.dnn = mlp(d_x0, hidden_dims)
+        self.output = OutputLayer(0, d_x0 + hidden_dims[-1])
+
+    def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        x0 = self.fields(self.tables(user_ids, item_ids)).flatten(1)  # (B, F, k) -> (B, F * k)
+        return torch.cat([self.cross(x0), self.dnn(x0)], dim=-1)  # (B, F * k + h)
+
+
+class FNN(CTRModel):
+    """Factorisation-machine supported neural network (Zhang et al., ECIR 2016).
+
+    A DNN over the concatenated field embeddings; PV is its last hidden layer
+    (hidden_dims[-1]). The paper initialises the embeddings from a trained FM; here they are
+    learned end to end, which the same paper reports as a variant.
+    """
+
+    def __init__(self, tables: CTRTables, embedding_dim: int, hidden_dims: tuple[int, ...]) -> None:
+        super().__init__(tables, embedding_dim)
+        self.dnn = mlp(N_FIELDS * embedding_dim, hidden_dims)
+        self.output = OutputLayer(0, hidden_dims[-1])
+
+    def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
+        fields = self.fields(self.tables(user_ids, item_ids))  # (B, F, k)
+        return self.dnn(fields.flatten(1))  # (B, F * k) -> (B, h)
+
+
+def build_ctr_model(config: PretrainConfig, tables: CTRTables) -> CTRModel:
+    """The CTR model named by ``config.model``, holding ``tables`` as buffers."""
+    k, dims = config.embedding_dim, config.hidden_dims
+    match config.model:
+        case "fm":
+            return FM(tables, k)
+        case "deepfm":
+            return DeepFM(tables, k, dims)
+        case "dcn":
+            return DCN(tables, k, dims, config.cross_layers)
+        case "fnn":
+            return FNN(tables, k, dims)
+    raise ValueError(f"unknown CTR model {config.model!r}")
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve as the Mann–Whitney U statistic, (N,), (N,) -> scalar.
+
+    AUC = (Σ_{positives} rank − P (P + 1) / 2) / (P Q) for P positives and Q negatives, with
+    average ranks, so a positive-negative tie counts 1/2. NaN when either class is absent.
+    """
+    positive = np.asarray(labels) > 0
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _tensors(data: Impressions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.as_tensor(data.user_ids, dtype=torch.int64),
+        torch.as_tensor(data.item_ids, dtype=torch.int64),
+        torch.as_tensor(data.clicks, dtype=torch.float32),
+    )
+
+
+@torch.no_grad()
+def evaluate_ctr(model: CTRModel, data: Impressions, batch_size: int = 16_384) -> dict[str, float]:
+    """Log loss and AUC of the model's click predictions on ``data``."""
+    users, items, clicks = _tensors(data)
+    logits = torch.cat(
+        [model(u, i) for u, i in zip(users.split(batch_size), items.split(batch_size), strict=True)]
+    )
+    return {
+        "log_loss": F.binary_cross_entropy_with_logits(logits, clicks).item(),
+        "auc": roc_auc(logits.numpy(), clicks.numpy()),
+    }
+
+
+def train_ctr(
+    config: PretrainConfig,
+    tables: CTRTables,
+    train: Impressions,
+    valid: Impressions,
+    progress: bool = True,
+) -> tuple[CTRModel, list[dict[str, float]]]:
+    """Fit a CTR model with Adam and log loss; return the epoch best on validation log loss.
+
+    Initialisation and batch order depend on ``config.seed`` alone (the global RNG is left
+    untouched). The history holds one record per epoch.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_ctr_model(config, tables)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    users, items, clicks = _tensors(train)
+    history: list[dict[str, float]] = []
+    best_loss, best_state = math.inf, None
+    for epoch in range(1, config.epochs + 1):
+        start = time.perf_counter()
+        batches = torch.randperm(len(train), generator=generator).split(config.batch_size)
+        total = torch.zeros(())
+        for index in tqdm(batches, desc=f"{config.model} epoch {epoch}", disable=not progress):
+            loss = F.binary_cross_entropy_with_logits(
+                model(users[index], items[index]), clicks[index]
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(index)
+        metrics = evaluate_ctr(model, valid)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_log_loss": total.item() / len(train),
+                "valid_log_loss": metrics["log_loss"],
+                "valid_auc": metrics["auc"],
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        if progress:
+            tqdm.write(f"{config.model} epoch {epoch}: {history[-1]}")
+        if metrics["log_loss"] < best_loss:
+            best_loss = metrics["log_loss"]
+            best_state = {name: value.clone() for name, value in model.state_dict().items()}
+    if best_state is None:
+        raise RuntimeError(f"no epoch gave a finite validation log loss: {history}")
+    model.load_state_dict(best_state)
+    return model, history
+
+
+@torch.no_grad()
+def compute_pv(
+    model: CTRModel,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    mask: np.ndarray,
+    batch_size: int = 16_384,
+) -> np.ndarray:
+    """PV of every real item of ``N`` lists, (N,), (N, L), (N, L) -> (N, L, d_pv) float32.
+
+    Padded slots (``mask`` False) hold zeros; only real (user, item) pairs are computed.
+    """
+    n, length = item_ids.shape
+    real = np.flatnonzero(mask)  # indices into the flattened (N * L) slots
+    users = torch.as_tensor(np.asarray(user_ids)[real // length], dtype=torch.int64)
+    items = torch.as_tensor(np.asarray(item_ids).reshape(-1)[real], dtype=torch.int64)
+    pv = np.zeros((n * length, model.d_pv), dtype=np.float32)
+    for start in range(0, real.size, batch_size):
+        chunk = slice(start, start + batch_size)
+        pv[real[chunk]] = model.hidden(users[chunk], items[chunk]).numpy()
+    return pv.reshape(n, length, model.d_pv)  # (N, L, d_pv)
+
+
+def save_ctr(model: CTRModel, config: PretrainConfig, path: str | Path) -> None:
+    """Write config, table shapes and state dict atomically (tmp file in the same dir, rename)."""
+    path = Path(path)
+    payload = {
+        "config": to_dict(config),
+        "table_shapes": model.tables.shapes(),
+        "state_dict": model.state_dict(),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            torch.save(payload, file)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_ctr(path: str | Path) -> CTRModel:
+    """The model written by :func:`save_ctr`, tables included."""
+    payload = torch.load(Path(path), weights_only=True)
+    config = from_dict(PretrainConfig, payload["config"])
+    shapes = payload["table_shapes"]
+    placeholder = CTRTables(
+        profile=np.zeros((shapes["n_users"], shapes["d_profile"]), np.float32),
+        history=np.zeros((shapes["n_users"], shapes["history_length"]), np.int64),
+        history_mask=np.zeros((shapes["n_users"], shapes["history_length"]), bool),
+        item_features=np.zeros((shapes["n_items"], shapes["d_item"]), np.float32),
+    )
+    model = build_ctr_model(config, placeholder)
+    model.load_state_dict(payload["state_dict"])
+    return model
