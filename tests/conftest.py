@@ -23,3 +23,14 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory, tiny_config: Experim
     out = tmp_path_factory.mktemp("tiny_data")
     simulate(tiny_config.simulator, out, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tests use small tensors: one thread avoids oversubscription and keeps timings steady."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

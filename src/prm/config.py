@@ -59,6 +59,8 @@ class PretrainConfig:
     embedding_dim: int = 16
     hidden_dims: tuple[int, ...] = (64, 32)  # the last one is d_pv for the deep models
     cross_layers: int = 2  # DCN only
+    position_bias_tower: bool = False  # PAL-style rank offset in training, dropped for PV
+    max_positions: int = 128  # size of that tower: the longest logged list
     epochs: int = 2
     batch_size: int = 4096
     lr: float = 2e-3
@@ -77,6 +79,7 @@ class PRMConfig:
     dropout: float = 0.1
     use_pv: bool = True  # False gives PRM-BASE
     use_pe: bool = True  # learnable embedding of the initial rank
+    position_bias_tower: bool = False  # PAL-style click-bias offset per rank, training only
     max_positions: int = 128  # size of the PE table: the longest list served
 
 
@@ -89,7 +92,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 3  # epochs without validation improvement before stopping
-    selection_metric: str = "ndcg@10"  # on validation lists, never on test
+    # On validation lists, never on test: a ranking metric against logged clicks (maximised)
+    # or "loss", the held-out click likelihood (minimised).
+    selection_metric: str = "ndcg@10"
     loss: Literal["softmax_ce"] = "softmax_ce"
     seed: int = 0
     device: str = "cpu"

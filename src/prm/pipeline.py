@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prm.config import ExperimentConfig, PRMConfig, from_dict, to_dict
+from prm.config import ExperimentConfig, PRMConfig, to_dict
 from prm.data.batch import ListDataset
 from prm.data.loaders import ListData, load_list_data
 from prm.data.simulator import load_click_model, simulate
@@ -29,7 +29,7 @@ from prm.evaluation.evaluate import (
 from prm.evaluation.metrics import lists_with_click
 from prm.evaluation.significance import mean_std, paired_test
 from prm.io import atomic_path, write_json
-from prm.models.prm import PRM
+from prm.models.registry import build_reranker, prm_spec
 from prm.pretrain.ctr import (
     Impressions,
     compute_pv,
@@ -50,6 +50,7 @@ def impressions(dataset: ListDataset) -> Impressions:
         user_ids=users[dataset.mask],
         item_ids=dataset.item_ids[dataset.mask],
         clicks=dataset.labels[dataset.mask],
+        positions=dataset.positions[dataset.mask],
     )
 
 
@@ -96,22 +97,6 @@ def attach_pv(data: ListData, pretrain_dir: str | Path) -> ListData:
     return replace(data, splits=splits)
 
 
-def model_spec(model_config: PRMConfig, dataset: ListDataset) -> dict[str, Any]:
-    return {
-        "kind": "prm",
-        "config": to_dict(model_config),
-        "d_feature": dataset.d_feature,
-        "d_pv": dataset.d_pv,
-    }
-
-
-def build_reranker(spec: dict[str, Any]) -> torch.nn.Module:
-    """A re-ranker from the spec stored in its checkpoint."""
-    if spec["kind"] != "prm":
-        raise ValueError(f"unknown re-ranker kind {spec['kind']!r}")
-    return PRM(from_dict(PRMConfig, spec["config"]), spec["d_feature"], spec["d_pv"])
-
-
 def load_reranker(run_dir: str | Path) -> torch.nn.Module:
     """The best-on-validation weights of a trained re-ranker."""
     checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT)
@@ -135,7 +120,8 @@ def train_reranker(
     model_config = model_config or config.model
     train_config = config.train if seed is None else replace(config.train, seed=seed)
     torch.manual_seed(train_config.seed)
-    spec = model_spec(model_config, data.splits["train"])
+    train = data.splits["train"]
+    spec = prm_spec(model_config, train.d_feature, train.d_pv)
     trainer = Trainer(
         build_reranker(spec),
         train_config,

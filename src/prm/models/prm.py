@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from prm.config import PRMConfig
 from prm.data.batch import ListBatch
+from prm.models.base import Reranker
 from prm.models.layers import EncoderBlock
 
 
@@ -73,7 +74,7 @@ def list_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, logits.softmax(dim=-1), 0.0)  # (B, L)
 
 
-class PRM(nn.Module):
+class PRM(Reranker):
     """Input layer, ``n_blocks`` encoder blocks, output layer: one score per item of each list."""
 
     def __init__(self, config: PRMConfig, d_feature: int, d_pv: int) -> None:
@@ -87,6 +88,20 @@ class PRM(nn.Module):
             for _ in range(config.n_blocks)
         )
         self.output = OutputLayer(config.d_model)
+        if config.position_bias_tower:
+            # Position-bias tower (Guo et al., PAL, RecSys 2019): a logit offset per initial
+            # rank, trained with the clicks and dropped when ranking, so the examination bias
+            # of the logged positions is absorbed here instead of in the ranking scores.
+            self.position_bias = nn.Embedding(config.max_positions, 1)
+            nn.init.zeros_(self.position_bias.weight)
+
+    def click_logits(self, batch: ListBatch) -> Tensor:
+        """(B, L) logits of the click softmax: ranking scores plus the position-bias tower."""
+        scores = self(batch)
+        if not self.config.position_bias_tower:
+            return scores
+        positions = torch.where(batch.mask, batch.positions, torch.zeros_like(batch.positions))
+        return scores + self.position_bias(positions).squeeze(-1)  # (B, L)
 
     def forward(self, batch: ListBatch) -> Tensor:
         """(B, L) score logits, -inf at padded slots so sorting and softmax skip them."""
@@ -125,7 +140,8 @@ class PRM(nn.Module):
             raise ValueError(f"pv has d={batch.pv.shape[-1]}, PRM expects d_pv={self.d_pv}")
         # The range check reads tensor values, which a traced or exported graph cannot branch on;
         # callers of an exported model must keep positions in range themselves.
-        if not self.config.use_pe or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        uses_positions = self.config.use_pe or self.config.position_bias_tower
+        if not uses_positions or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return
         real = batch.positions[batch.mask]
         if real.numel() and (real.min() < 0 or real.max() >= self.config.max_positions):

@@ -67,9 +67,12 @@ class Impressions:
     user_ids: np.ndarray  # (N,) int64
     item_ids: np.ndarray  # (N,) int64
     clicks: np.ndarray  # (N,) float32 in {0, 1}
+    positions: np.ndarray | None = None  # (N,) int64 shown rank, for the position-bias tower
 
     def __post_init__(self) -> None:
         shapes = {self.user_ids.shape, self.item_ids.shape, self.clicks.shape}
+        if self.positions is not None:
+            shapes.add(self.positions.shape)
         if len(shapes) != 1 or len(self.user_ids.shape) != 1:
             raise ValueError(f"Impressions: expected equal 1-D arrays, got shapes {shapes}")
 
@@ -83,6 +86,7 @@ class Inputs(NamedTuple):
     profile: torch.Tensor  # (B, d_profile)
     history: torch.Tensor  # (B, H) item ids
     history_mask: torch.Tensor  # (B, H) bool
+    history_features: torch.Tensor  # (B, H, d_item) features of the history items
     item_ids: torch.Tensor  # (B,)
     item_features: torch.Tensor  # (B, d_item)
 
@@ -110,12 +114,31 @@ class TableLookup(nn.Module):
         }
 
     def forward(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> Inputs:
+        return self.inputs(
+            self.profile[user_ids],
+            self.history[user_ids],
+            self.history_mask[user_ids],
+            item_ids,
+            self.item_features[item_ids],
+        )
+
+    def inputs(
+        self,
+        profile: torch.Tensor,
+        history: torch.Tensor,
+        history_mask: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_features: torch.Tensor,
+    ) -> Inputs:
+        """Inputs of a user and item given by value (serving unknown users); only the history
+        items are looked up, by id. Shapes as in :class:`Inputs`."""
         return Inputs(
-            profile=self.profile[user_ids],
-            history=self.history[user_ids],
-            history_mask=self.history_mask[user_ids],
+            profile=profile,
+            history=history,
+            history_mask=history_mask,
+            history_features=self.item_features[history],
             item_ids=item_ids,
-            item_features=self.item_features[item_ids],
+            item_features=item_features,
         )
 
 
@@ -138,7 +161,11 @@ class FieldEmbedding(nn.Module):
     def forward(self, x: Inputs) -> torch.Tensor:
         fields = [
             self.profile(x.profile),  # (B, dim)
-            masked_mean(self.item_id(x.history), x.history_mask),  # (B, H, dim) -> (B, dim)
+            # A history item is embedded like a candidate (id + features), so the pooled
+            # history carries the user's topic mix even for rarely seen item ids.
+            masked_mean(
+                self.item_id(x.history) + self.item_dense(x.history_features), x.history_mask
+            ),  # (B, H, dim) -> (B, dim)
             self.item_id(x.item_ids),  # (B, dim)
             self.item_dense(x.item_features),  # (B, dim)
         ]
@@ -215,6 +242,23 @@ class CTRModel(nn.Module):
 
     def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """(B,), (B,) -> (B, d_pv): the personalized vector, the input of the final sigmoid."""
+        return self.hidden_from_inputs(self.tables(user_ids, item_ids))
+
+    def hidden_raw(
+        self,
+        profile: torch.Tensor,
+        history: torch.Tensor,
+        history_mask: torch.Tensor,
+        item_ids: torch.Tensor,
+        item_features: torch.Tensor,
+    ) -> torch.Tensor:
+        """PV of users given by profile and history rather than by id, (B, d_pv): what serving
+        computes for users absent from the tables. Shapes as in :class:`Inputs`."""
+        inputs = self.tables.inputs(profile, history, history_mask, item_ids, item_features)
+        return self.hidden_from_inputs(inputs)
+
+    def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
+        """(B, d_pv) PV of looked-up inputs; each model defines it."""
         raise NotImplementedError
 
     def forward(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
@@ -235,8 +279,7 @@ class FM(CTRModel):
         self.first_order = FieldEmbedding(self.tables.shapes(), 1)
         self.output = OutputLayer(N_FIELDS + embedding_dim, 0)
 
-    def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        x = self.tables(user_ids, item_ids)
+    def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
         first = self.first_order(x).squeeze(-1)  # (B, F, 1) -> (B, F)
         return torch.cat([first, fm_interaction(self.fields(x))], dim=-1)  # (B, F + k)
 
@@ -255,8 +298,7 @@ class DeepFM(CTRModel):
         self.dnn = mlp(N_FIELDS * embedding_dim, hidden_dims)
         self.output = OutputLayer(N_FIELDS + embedding_dim, hidden_dims[-1])
 
-    def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        x = self.tables(user_ids, item_ids)
+    def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
         fields = self.fields(x)  # (B, F, k)
         first = self.first_order(x).squeeze(-1)  # (B, F, 1) -> (B, F)
         deep = self.dnn(fields.flatten(1))  # (B, F * k) -> (B, h)
@@ -283,8 +325,8 @@ class DCN(CTRModel):
         self.dnn = mlp(d_x0, hidden_dims)
         self.output = OutputLayer(0, d_x0 + hidden_dims[-1])
 
-    def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        x0 = self.fields(self.tables(user_ids, item_ids)).flatten(1)  # (B, F, k) -> (B, F * k)
+    def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
+        x0 = self.fields(x).flatten(1)  # (B, F, k) -> (B, F * k)
         return torch.cat([self.cross(x0), self.dnn(x0)], dim=-1)  # (B, F * k + h)
 
 
@@ -301,8 +343,8 @@ class FNN(CTRModel):
         self.dnn = mlp(N_FIELDS * embedding_dim, hidden_dims)
         self.output = OutputLayer(0, hidden_dims[-1])
 
-    def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        fields = self.fields(self.tables(user_ids, item_ids))  # (B, F, k)
+    def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
+        fields = self.fields(x)  # (B, F, k)
         return self.dnn(fields.flatten(1))  # (B, F * k) -> (B, h)
 
 
@@ -336,20 +378,56 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _tensors(data: Impressions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tensors(data: Impressions) -> tuple[torch.Tensor, ...]:
+    positions = np.zeros_like(data.user_ids) if data.positions is None else data.positions
     return (
         torch.as_tensor(data.user_ids, dtype=torch.int64),
         torch.as_tensor(data.item_ids, dtype=torch.int64),
         torch.as_tensor(data.clicks, dtype=torch.float32),
+        torch.as_tensor(positions, dtype=torch.int64),
     )
 
 
+class PositionBias(nn.Module):
+    """A click-logit offset per shown rank, trained beside the CTR model and then dropped.
+
+    Position-bias tower of PAL (Guo et al., RecSys 2019): logged clicks mix "the user likes the
+    item" with "the item was shown high". The tower absorbs the second, so the CTR model, and
+    so PV, describe the first. Without a tower the offset is a constant 0.
+    """
+
+    def __init__(self, max_positions: int, enabled: bool) -> None:
+        super().__init__()
+        self.offset = nn.Embedding(max_positions if enabled else 1, 1)
+        nn.init.zeros_(self.offset.weight)
+        self.offset.weight.requires_grad_(enabled)
+        self.enabled = enabled
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        index = positions if self.enabled else torch.zeros_like(positions)
+        return self.offset(index).squeeze(-1)  # (B,)
+
+
 @torch.no_grad()
-def evaluate_ctr(model: CTRModel, data: Impressions, batch_size: int = 16_384) -> dict[str, float]:
-    """Log loss and AUC of the model's click predictions on ``data``."""
-    users, items, clicks = _tensors(data)
+def evaluate_ctr(
+    model: CTRModel,
+    data: Impressions,
+    batch_size: int = 16_384,
+    position_bias: PositionBias | None = None,
+) -> dict[str, float]:
+    """Log loss and AUC of the click predictions on ``data`` (with the tower, if given)."""
+    users, items, clicks, positions = _tensors(data)
+    position_bias = position_bias or PositionBias(1, enabled=False)
     logits = torch.cat(
-        [model(u, i) for u, i in zip(users.split(batch_size), items.split(batch_size), strict=True)]
+        [
+            model(u, i) + position_bias(p)
+            for u, i, p in zip(
+                users.split(batch_size),
+                items.split(batch_size),
+                positions.split(batch_size),
+                strict=True,
+            )
+        ]
     )
     return {
         "log_loss": F.binary_cross_entropy_with_logits(logits, clicks).item(),
@@ -369,12 +447,19 @@ def train_ctr(
     Initialisation and batch order depend on ``config.seed`` alone (the global RNG is left
     untouched). The history holds one record per epoch.
     """
+    if config.position_bias_tower and train.positions is None:
+        raise ValueError("position_bias_tower needs Impressions.positions")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_ctr_model(config, tables)
+        position_bias = PositionBias(config.max_positions, config.position_bias_tower)
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    users, items, clicks = _tensors(train)
+    optimizer = torch.optim.Adam(
+        [*model.parameters(), *position_bias.parameters()],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    users, items, clicks, positions = _tensors(train)
     history: list[dict[str, float]] = []
     best_loss, best_state = math.inf, None
     for epoch in range(1, config.epochs + 1):
@@ -382,14 +467,13 @@ def train_ctr(
         batches = torch.randperm(len(train), generator=generator).split(config.batch_size)
         total = torch.zeros(())
         for index in tqdm(batches, desc=f"{config.model} epoch {epoch}", disable=not progress):
-            loss = F.binary_cross_entropy_with_logits(
-                model(users[index], items[index]), clicks[index]
-            )
+            logits = model(users[index], items[index]) + position_bias(positions[index])
+            loss = F.binary_cross_entropy_with_logits(logits, clicks[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(index)
-        metrics = evaluate_ctr(model, valid)
+        metrics = evaluate_ctr(model, valid, position_bias=position_bias)
         history.append(
             {
                 "epoch": epoch,

@@ -42,7 +42,7 @@ class TrainState:
 
     epoch: int = 0  # finished epochs
     best_epoch: int = 0
-    best_metric: float = -float("inf")
+    best_metric: float = -float("inf")  # the selection value, maximised (minus the loss)
     best_weights: dict[str, torch.Tensor] | None = None
     epochs_without_improvement: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -92,7 +92,7 @@ class Trainer:
             started = time.perf_counter()
             train_loss = self._train_epoch(train, state.epoch + 1)
             metrics = self.validate(valid)
-            metric = metrics[self.config.selection_metric]
+            metric = self._selection_value(metrics)
             state.epoch += 1
             state.history.append(
                 {
@@ -130,7 +130,7 @@ class Trainer:
         )
         for batch in bar:
             batch = batch.to(self.config.device)
-            loss = self.loss_fn(self.model(batch), batch.labels, mask=batch.mask)
+            loss = self.model.loss(batch, self.loss_fn)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -138,10 +138,28 @@ class Trainer:
             bar.set_postfix(loss=f"{total / batches:.4f}")
         return total / max(batches, 1)
 
+    def _selection_value(self, metrics: dict[str, float]) -> float:
+        """The validation figure to maximise: a ranking metric, or minus the loss."""
+        name = self.config.selection_metric
+        if name == "loss":
+            return -metrics["loss"]
+        if name not in metrics:
+            raise ValueError(f"selection_metric {name!r} is not one of {sorted(metrics)}")
+        return metrics[name]
+
+    @torch.no_grad()
     def validate(self, valid: ListDataset) -> dict[str, float]:
-        """Mean ranking metrics over validation lists with a click (the selection set)."""
+        """Ranking metrics and loss over validation lists with a click (the selection set)."""
         scores = score_lists(self.model, valid, device=self.config.device)
-        return evaluate_scores(scores, valid, self.eval_config)
+        metrics = evaluate_scores(scores, valid, self.eval_config)
+        clicked = valid.subset(valid.has_click())
+        total, lists = 0.0, 0
+        for batch in clicked.iter_batches(2048):
+            batch = batch.to(self.config.device)
+            loss = self.model.loss(batch, self.loss_fn)
+            total, lists = total + loss.item() * len(batch.list_ids), lists + len(batch.list_ids)
+        metrics["loss"] = total / max(lists, 1)
+        return metrics
 
     def _checkpoint(self) -> dict[str, Any]:
         return {
@@ -159,12 +177,16 @@ class Trainer:
         self.state = TrainState(**checkpoint["state"])
         restore_rng_state(checkpoint["rng"], self.shuffle)
 
+    def _best_history_row(self) -> dict[str, float]:
+        return self.state.history[self.state.best_epoch - 1] if self.state.best_epoch else {}
+
     def _write_reports(self) -> None:
         write_json(
             self.run_dir / "metrics.json",
             {
                 "best_epoch": self.state.best_epoch,
-                f"best_valid_{self.config.selection_metric}": self.state.best_metric,
+                "selection_metric": self.config.selection_metric,
+                "best_valid": self._best_history_row().get(f"valid_{self.config.selection_metric}"),
                 "history": self.state.history,
             },
         )

@@ -1,0 +1,23 @@
+"""What every re-ranker provides, so training, evaluation, export and serving treat them alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from prm.data.batch import ListBatch
+
+Loss = Callable[..., Tensor]
+
+
+class Reranker(nn.Module):
+    """``forward(batch) -> (B, L)`` ranking scores (-inf at padding); ``click_logits`` is what
+    the loss sees, which may add terms used only in training (a position-bias tower)."""
+
+    def click_logits(self, batch: ListBatch) -> Tensor:
+        return self(batch)
+
+    def loss(self, batch: ListBatch, loss_fn: Loss) -> Tensor:
+        """The training objective; a model with a step-wise objective (Seq2Slate) overrides it."""
+        return loss_fn(self.click_logits(batch), batch.labels, mask=batch.mask)
