@@ -1,0 +1,127 @@
+"""``prm export|serve|rerank|explain``: thin commands over :mod:`prm.serving`.
+
+Heavy imports (ONNX, FastAPI, matplotlib) happen inside each command, so ``prm --help`` and
+the training commands stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING
+
+from prm.config import ConfigError
+
+if TYPE_CHECKING:
+    from prm.serving.predictor import Predictor
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from prm.serving.export import export_bundle
+
+    manifest = export_bundle(args.run, args.ctr, args.out, version=args.version)
+    print(json.dumps(manifest, indent=2))
+    print(f"wrote model bundle {manifest['version']} to {args.out}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from prm.serving.app import serve
+    from prm.serving.bundle import read_manifest
+
+    if min(args.workers, args.threads, args.max_body_bytes) < 1:
+        raise ConfigError("--workers, --threads and --max-body-bytes must be at least 1")
+    read_manifest(args.model)  # a wrong path fails here, not in every worker
+    serve(
+        args.model,
+        backend=args.backend,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        max_body_bytes=args.max_body_bytes,
+        access_log=args.access_log,
+    )
+
+
+def _predictor(args: argparse.Namespace, backend: str) -> Predictor:
+    import torch
+
+    from prm.serving.predictor import load_predictor
+
+    if args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    return load_predictor(args.model, backend, threads=args.threads)
+
+
+def cmd_rerank(args: argparse.Namespace) -> None:
+    from prm.serving.batch import rerank_parquet
+
+    if args.chunk_size < 1 or args.batch_size < 1:
+        raise ConfigError("--chunk-size and --batch-size must be at least 1")
+    predictor = _predictor(args, args.backend)
+    n = rerank_parquet(
+        predictor,
+        args.lists,
+        args.out,
+        chunk_size=args.chunk_size,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    print(f"re-ranked {n} lists with {predictor.version} ({args.backend}); wrote {args.out}")
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from prm.serving.explain import explain_list
+
+    summary = explain_list(
+        _predictor(args, "torch"), args.lists, args.list_id, args.out, items_path=args.items
+    )
+    print(json.dumps(summary))
+    print(f"wrote {args.out}")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add the serving commands to the ``prm`` parser's subcommands."""
+
+    def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def model_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model", required=True, help="model bundle written by `prm export`")
+        sub.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+
+    sub = command("export", cmd_export, "export a trained re-ranker and its CTR model to ONNX")
+    sub.add_argument("--run", required=True, help="run folder written by `prm train`")
+    sub.add_argument("--ctr", required=True, help="ctr_model.pt written by `prm pretrain`")
+    sub.add_argument("--out", required=True, help="bundle folder to write (replaced if a bundle)")
+    sub.add_argument("--version", help="model version to report (default: run name + hash)")
+
+    sub = command("serve", cmd_serve, "serve POST /rerank over HTTP (FastAPI + uvicorn)")
+    model_args(sub)
+    sub.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    sub.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger requests get 413")
+    sub.add_argument("--access-log", action="store_true", help="log every request")
+
+    sub = command("rerank", cmd_rerank, "re-rank a Parquet list log offline")
+    model_args(sub)
+    sub.add_argument("--lists", required=True, help="input: lists_*.parquet format")
+    sub.add_argument(
+        "--out", required=True, help="output Parquet: list_id, user_id, item_ids, scores"
+    )
+    sub.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    sub.add_argument("--chunk-size", type=int, default=8192, help="rows read and written at once")
+    sub.add_argument("--batch-size", type=int, default=256, help="lists per model call")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sub = command("explain", cmd_explain, "plot PRM's self-attention over one list (PNG)")
+    model_args(sub)
+    sub.add_argument("--lists", required=True, help="lists_*.parquet holding the list")
+    sub.add_argument("--list-id", type=int, required=True)
+    sub.add_argument("--out", required=True, help="PNG to write")
+    sub.add_argument("--items", help="items.parquet, to label the axes with item topics")
