@@ -122,8 +122,11 @@ def train_reranker(
     torch.manual_seed(train_config.seed)
     train = data.splits["train"]
     spec = prm_spec(model_config, train.d_feature, train.d_pv)
+    model = build_reranker(spec)
+    if model_config.position_bias_tower:
+        model.init_position_bias(torch.from_numpy(train.click_rate_by_position()))
     trainer = Trainer(
-        build_reranker(spec),
+        model,
         train_config,
         run_dir,
         model_spec=spec,

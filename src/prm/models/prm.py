@@ -95,6 +95,16 @@ class PRM(Reranker):
             self.position_bias = nn.Embedding(config.max_positions, 1)
             nn.init.zeros_(self.position_bias.weight)
 
+    @torch.no_grad()
+    def init_position_bias(self, click_rate: Tensor) -> None:
+        """Start the tower at log(click rate at rank k / at rank 0), measured on the logs.
+
+        From zero, Adam moves each offset by about ``lr`` a step, so a tower that must reach
+        log(1/30) would need thousands of steps; the logged rates start it near its answer.
+        """
+        rate = click_rate.clamp(min=1e-6)[: self.config.max_positions]
+        self.position_bias.weight[: len(rate), 0] = torch.log(rate / rate[0])
+
     def click_logits(self, batch: ListBatch) -> Tensor:
         """(B, L) logits of the click softmax: ranking scores plus the position-bias tower."""
         scores = self(batch)
