@@ -49,6 +49,9 @@ class SimulatorConfig:
     saturation_spread: float = 0.5  # log-normal spread of that penalty across users
     lift_weight: float = 0.5  # bonus when a complementary topic is shown above
     lift_pairs: int = 5  # number of complementary topic pairs
+    # Lists per Parquet shard, written as lists_<split>/part-NNNNN.parquet; 0 writes one
+    # lists_<split>.parquet per split. Either way lists are generated and written by chunks.
+    shard_lists: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,9 +98,12 @@ class TrainConfig:
     # On validation lists, never on test: a ranking metric against logged clicks (maximised)
     # or "loss", the held-out click likelihood (minimised).
     selection_metric: str = "ndcg@10"
-    loss: Literal["softmax_ce"] = "softmax_ce"
+    loss: Literal["softmax_ce", "list_mle", "approx_ndcg"] = "softmax_ce"  # training/losses.py
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # "cuda" puts each process on its own GPU (LOCAL_RANK)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast; fast on GPUs, slow on most CPUs
+    compile: bool = False  # torch.compile the training step (first steps pay the compile time)
+    shuffle_buffer: int = 100_000  # lists held by the streaming loader (`prm train --stream`)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from prm.config import ConfigError, ExperimentConfig, load_config
+from prm.cli import benchmark, serving
+from prm.config import ConfigError, ExperimentConfig, PRMConfig, load_config
 from prm.data.loaders import DataError
 
 
@@ -21,6 +22,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
     config = _config(args)
     simulator = config.simulator if args.seed is None else replace(config.simulator, seed=args.seed)
+    if args.shard_lists is not None:
+        simulator = replace(simulator, shard_lists=args.shard_lists)
     stats = simulate(simulator, args.out, progress=not args.quiet)
     print(json.dumps(stats["splits"], indent=2))
     print(f"wrote {args.out} in {stats['seconds']} s")
@@ -36,18 +39,39 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from prm.data.loaders import load_list_data
-    from prm.pipeline import attach_pv, train_reranker
+    from prm.training.distributed import backend_for, launch
 
     config = _config(args)
+    overrides = {"device": args.device, "precision": args.precision, "compile": args.compile}
+    train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
+    config = replace(config, train=train)
     model_config = replace(config.model, use_pv=False) if args.base else config.model
-    data = load_list_data(args.data)
+    if model_config.use_pv and not args.pv:
+        raise ConfigError("PRM with use_pv needs --pv DIR (from `prm pretrain`); or pass --base")
+    if model_config.use_pv and args.stream:
+        raise ConfigError("--stream trains PRM-BASE only (PV caches are in memory); add --base")
+    launch(args.nproc, _train, config, model_config, args, backend=backend_for(train.device))
+
+
+def _train(config: ExperimentConfig, model_config: PRMConfig, args: argparse.Namespace) -> None:
+    """`prm train` in one training process (of ``--nproc`` or torchrun's)."""
+    from prm.data.loaders import load_list_data
+    from prm.data.shards import lists_source
+    from prm.data.streaming import ListStream
+    from prm.pipeline import attach_pv, train_reranker
+    from prm.training.distributed import rank
+
+    data = load_list_data(args.data, splits=("valid",) if args.stream else ("train", "valid"))
     if model_config.use_pv:
-        if not args.pv:
-            raise ConfigError(
-                "PRM with use_pv needs --pv DIR (from `prm pretrain`); or pass --base"
-            )
         data = attach_pv(data, args.pv)
+    if args.stream:
+        stream = ListStream(
+            lists_source(args.data, "train"),
+            data.items,
+            len(data.ctr_tables.profile),
+            buffer_lists=config.train.shuffle_buffer,
+        )
+        data = replace(data, splits={**data.splits, "train": stream})
     train_reranker(
         config,
         data,
@@ -57,9 +81,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.quiet,
     )
-    metrics = json.loads((Path(args.out) / "metrics.json").read_text())
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
-    print(f"wrote checkpoint, metrics.json and training_curve.png to {args.out}")
+    if rank() == 0:
+        metrics = json.loads((Path(args.out) / "metrics.json").read_text())
+        print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+        print(f"wrote checkpoint, metrics.json and training_curve.png to {args.out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -118,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("simulate", cmd_simulate, "write a simulated dataset (Parquet)")
     sub.add_argument("--out", required=True, help="output folder")
     sub.add_argument("--seed", type=int, help="override simulator.seed")
+    sub.add_argument(
+        "--shard-lists", type=int, help="lists per Parquet shard (lists_<split>/part-*.parquet)"
+    )
 
     sub = command("pretrain", cmd_pretrain, "train the CTR model and cache PV for every list")
     sub.add_argument("--data", required=True, help="dataset folder")
@@ -130,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--base", action="store_true", help="PRM-BASE: no personalized vectors")
     sub.add_argument("--seed", type=int, help="override train.seed")
     sub.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    sub.add_argument(
+        "--nproc", type=int, default=1, help="data-parallel processes on this machine (DDP)"
+    )
+    sub.add_argument("--device", help="override train.device: cpu, cuda (one GPU per process)")
+    sub.add_argument("--precision", choices=["fp32", "bf16"], help="override train.precision")
+    sub.add_argument("--compile", action="store_true", default=None, help="torch.compile the step")
+    sub.add_argument(
+        "--stream",
+        action="store_true",
+        help="read training lists shard by shard through train.shuffle_buffer (needs --base)",
+    )
 
     sub = command("evaluate", cmd_evaluate, "evaluate a trained re-ranker on one split")
     sub.add_argument("--run", required=True, help="run folder written by `prm train`")
@@ -139,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("demo", cmd_demo, "simulate, pre-train, train PRM-BASE and PRM, compare")
     sub.add_argument("--out", default="runs/demo", help="output folder")
+    serving.register(commands)  # export, serve, rerank, explain
+    benchmark.register(commands)  # benchmark <suite>
     return parser
 
 

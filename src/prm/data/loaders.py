@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prm.data.batch import ListDataset
+from prm.data.shards import lists_source, shard_paths
 from prm.pretrain.ctr import CTRTables
+
+if TYPE_CHECKING:
+    from prm.data.streaming import ListStream
 
 
 class DataError(ValueError):
@@ -40,9 +45,13 @@ def read_table(path: str | Path, columns: dict[str, str]) -> pa.Table:
 
 
 def padded_list_column(
-    table: pa.Table, name: str, path: Path, dtype: type
+    table: pa.Table, name: str, path: Path, dtype: type, length: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An Arrow list column as a zero-padded (N, L_max) array and the (N,) row lengths."""
+    """An Arrow list column as a zero-padded (N, L) array and the (N,) row lengths.
+
+    ``L`` is the longest row, or ``length`` when given (so pieces of one split read apart
+    share a shape).
+    """
     column = table.column(name).combine_chunks()
     if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
         raise DataError(f"{path}: column {name} must be a list column, got {column.type}")
@@ -56,7 +65,10 @@ def padded_list_column(
         row = int(np.searchsorted(offsets, _first_null(values) + offsets[0], side="right") - 1)
         raise DataError(f"{path}: row {row}: column {name} holds a null value")
     flat = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    out = np.zeros((len(lengths), int(lengths.max(initial=0))), dtype=dtype)
+    longest = int(lengths.max(initial=0))
+    if length is not None and longest > length:
+        raise DataError(f"{path}: column {name} has a row of {longest} values, more than {length}")
+    out = np.zeros((len(lengths), longest if length is None else length), dtype=dtype)
     out[np.arange(out.shape[1]) < lengths[:, None]] = flat
     return out, lengths
 
@@ -65,10 +77,10 @@ def _first_null(values: pa.Array) -> int:
     return int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
 
 
-def _fail_at(path: Path, bad: np.ndarray, ids: np.ndarray, reason: str) -> None:
+def _fail_at(path: Path, bad: np.ndarray, ids: np.ndarray, reason: str, first_row: int) -> None:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: row {row} (list_id {int(ids[row])}): {reason}")
+        raise DataError(f"{path}: row {first_row + row} (list_id {int(ids[row])}): {reason}")
 
 
 @dataclass(frozen=True)
@@ -121,34 +133,47 @@ def load_users(path: str | Path, n_items: int) -> tuple[np.ndarray, np.ndarray, 
     return profile, history, history_mask
 
 
+LIST_COLUMNS = {"list_id": "int", "user_id": "int", "item_ids": "list<int>", "clicks": "list<int>"}
+
+
 def load_lists(path: str | Path, items: ItemTable, n_users: int) -> ListDataset:
-    """A list log as a padded :class:`ListDataset` with item features gathered from ``items``."""
+    """A list log (one Parquet file or a folder of part files) as a padded :class:`ListDataset`
+    with item features gathered from ``items``. Rows of a folder are numbered across its parts."""
     path = Path(path)
-    table = read_table(
-        path,
-        {"list_id": "int", "user_id": "int", "item_ids": "list<int>", "clicks": "list<int>"},
-    )
+    tables = [read_table(part, LIST_COLUMNS) for part in shard_paths(path)]
+    return lists_dataset(pa.concat_tables(tables), items, n_users, path)
+
+
+def lists_dataset(
+    table: pa.Table,
+    items: ItemTable,
+    n_users: int,
+    path: Path,
+    *,
+    length: int | None = None,
+    first_row: int = 0,
+) -> ListDataset:
+    """Validate list-log rows and gather their item features; errors name ``path`` and the row
+    (``first_row`` + index, for a piece read from the middle of a file). Lists are padded to
+    ``length``, or to the longest one."""
     list_ids = table.column("list_id").to_numpy().astype(np.int64)
     user_ids = table.column("user_id").to_numpy().astype(np.int64)
-    item_ids, n_items_per_list = padded_list_column(table, "item_ids", path, np.int64)
-    clicks, n_clicks_per_list = padded_list_column(table, "clicks", path, np.float32)
-    _fail_at(path, n_items_per_list == 0, list_ids, "empty list")
-    _fail_at(
-        path,
-        n_items_per_list != n_clicks_per_list,
-        list_ids,
-        "item_ids and clicks differ in length",
-    )
+    item_ids, n_items_per_list = padded_list_column(table, "item_ids", path, np.int64, length)
+    clicks, n_clicks_per_list = padded_list_column(table, "clicks", path, np.float32, length)
+
+    def fail_at(bad: np.ndarray, reason: str) -> None:
+        _fail_at(path, bad, list_ids, reason, first_row)
+
+    fail_at(n_items_per_list == 0, "empty list")
+    fail_at(n_items_per_list != n_clicks_per_list, "item_ids and clicks differ in length")
     mask = np.arange(item_ids.shape[1]) < n_items_per_list[:, None]
     n_items = len(items.topic)
-    _fail_at(
-        path,
+    fail_at(
         (mask & ((item_ids < 0) | (item_ids >= n_items))).any(axis=1),
-        list_ids,
         f"item id outside 0..{n_items - 1}",
     )
-    _fail_at(path, ((clicks != 0) & (clicks != 1)).any(axis=1), list_ids, "clicks must be 0 or 1")
-    _fail_at(path, (user_ids < 0) | (user_ids >= n_users), list_ids, "unknown user_id")
+    fail_at(((clicks != 0) & (clicks != 1)).any(axis=1), "clicks must be 0 or 1")
+    fail_at((user_ids < 0) | (user_ids >= n_users), "unknown user_id")
     features = items.features[item_ids] * mask[..., None]
     return ListDataset(
         features=features.astype(np.float32),
@@ -166,7 +191,7 @@ def load_lists(path: str | Path, items: ItemTable, n_users: int) -> ListDataset:
 class ListData:
     """A dataset folder: list splits plus the user and item tables the pre-training needs."""
 
-    splits: dict[str, ListDataset]
+    splits: dict[str, ListDataset | ListStream]  # a ListStream only where a caller put one
     ctr_tables: CTRTables
     items: ItemTable
 
@@ -174,7 +199,8 @@ class ListData:
 def load_list_data(
     data_dir: str | Path, splits: tuple[str, ...] = ("train", "valid", "test")
 ) -> ListData:
-    """Read ``items.parquet``, ``users.parquet`` and ``lists_<split>.parquet`` from a folder."""
+    """Read ``items.parquet``, ``users.parquet`` and each split's ``lists_<split>.parquet``
+    (or shard folder ``lists_<split>/``) from a folder."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(
@@ -186,7 +212,6 @@ def load_list_data(
         profile=profile, history=history, history_mask=history_mask, item_features=items.features
     )
     datasets = {
-        split: load_lists(data_dir / f"lists_{split}.parquet", items, len(profile))
-        for split in splits
+        split: load_lists(lists_source(data_dir, split), items, len(profile)) for split in splits
     }
     return ListData(splits=datasets, ctr_tables=tables, items=items)

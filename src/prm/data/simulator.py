@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,19 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from prm.config import SimulatorConfig, from_dict, to_dict
+from prm.data.shards import ListWriter
 from prm.io import atomic_path, write_json, write_parquet
 
 SPLITS = ("train", "valid", "test")
 CHUNK = 4096  # lists simulated at once; bounds memory at about CHUNK * L * n_topics floats
+LIST_SCHEMA = pa.schema(
+    [
+        ("list_id", pa.int64()),
+        ("user_id", pa.int32()),
+        ("item_ids", pa.list_(pa.int32())),
+        ("clicks", pa.list_(pa.int8())),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -245,26 +255,31 @@ def simulate_split(
     rng: np.random.Generator,
     progress: bool = True,
     desc: str = "",
-) -> dict[str, np.ndarray]:
-    """Logged data for one split: users, initial lists, sampled clicks, and the truth."""
+) -> Iterator[dict[str, np.ndarray]]:
+    """Logged data for one split, CHUNK lists at a time: users, initial lists, clicks, truth.
+
+    Memory holds one chunk, plus the split's user ids (8 bytes a list, drawn up front so a
+    seed gives the same data as before chunked writing).
+    """
     model = ClickModel(world, config)
     user_ids = rng.integers(0, config.n_users, size=n_lists)
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("item_ids", "clicks", "expected_initial", "expected_oracle")
-    }
-    for start in tqdm(range(0, n_lists, CHUNK), desc=desc, disable=not progress, unit="chunk"):
+    bar = tqdm(total=n_lists, desc=desc, disable=not progress, unit="list", unit_scale=True)
+    for start in range(0, n_lists, CHUNK):
         users = user_ids[start : start + CHUNK]
         items = initial_lists(config, world, users, rng)
         mask = np.ones(items.shape, dtype=bool)
         probabilities = model.click_probabilities(users, items, mask)
-        parts["item_ids"].append(items)
-        parts["clicks"].append((rng.random(items.shape) < probabilities).astype(np.int8))
-        parts["expected_initial"].append(probabilities.sum(axis=1))
+        clicks = (rng.random(items.shape) < probabilities).astype(np.int8)
         oracle = np.take_along_axis(items, model.greedy_oracle(users, items, mask), axis=1)
-        parts["expected_oracle"].append(model.expected_clicks(users, oracle, mask))
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    out["user_ids"] = user_ids
-    return out
+        bar.update(len(users))
+        yield {
+            "user_ids": users,
+            "item_ids": items,
+            "clicks": clicks,
+            "expected_initial": probabilities.sum(axis=1),
+            "expected_oracle": model.expected_clicks(users, oracle, mask),
+        }
+    bar.close()
 
 
 def _list_column(rows: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
@@ -277,9 +292,9 @@ def _list_column(rows: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
 def simulate(config: SimulatorConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Write a full simulated dataset to ``out_dir`` and return its statistics.
 
-    Files: ``items.parquet``, ``users.parquet``, ``lists_{train,valid,test}.parquet``
-    (observable), ``truth/world.npz`` and ``truth/simulator.json`` (hidden, evaluation only),
-    ``stats.json``.
+    Files: ``items.parquet``, ``users.parquet``, ``lists_{train,valid,test}.parquet`` or, with
+    ``config.shard_lists``, ``lists_{train,valid,test}/part-*.parquet`` (observable),
+    ``truth/world.npz`` and ``truth/simulator.json`` (hidden, evaluation only), ``stats.json``.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -291,28 +306,39 @@ def simulate(config: SimulatorConfig, out_dir: str | Path, progress: bool = True
     stats: dict = {"config": to_dict(config), "splits": {}}
     list_offset = 0
     for split, seed in zip(SPLITS, seeds[1:], strict=True):
-        logged = simulate_split(
+        sums = dict.fromkeys(("clicks", "with_click", "initial", "oracle"), 0.0)
+        chunks = simulate_split(
             config, world, n_by_split[split], np.random.default_rng(seed), progress, split
         )
-        n = len(logged["user_ids"])
-        table = pa.table(
-            {
-                "list_id": pa.array(np.arange(list_offset, list_offset + n, dtype=np.int64)),
-                "user_id": pa.array(logged["user_ids"].astype(np.int32)),
-                "item_ids": _list_column(logged["item_ids"].astype(np.int32), pa.int32()),
-                "clicks": _list_column(logged["clicks"], pa.int8()),
-            }
-        )
-        write_parquet(out_dir / f"lists_{split}.parquet", table)
-        list_offset += n
-        clicks = logged["clicks"].sum(axis=1)
+        with ListWriter(out_dir, split, config.shard_lists, LIST_SCHEMA) as writer:
+            for chunk in chunks:
+                n = len(chunk["user_ids"])
+                table = pa.table(
+                    {
+                        "list_id": np.arange(list_offset, list_offset + n, dtype=np.int64),
+                        "user_id": chunk["user_ids"].astype(np.int32),
+                        "item_ids": _list_column(chunk["item_ids"].astype(np.int32), pa.int32()),
+                        "clicks": _list_column(chunk["clicks"], pa.int8()),
+                    },
+                    schema=LIST_SCHEMA,
+                )
+                writer.write(table)
+                list_offset += n
+                clicks = chunk["clicks"].sum(axis=1)
+                sums["clicks"] += float(clicks.sum())
+                sums["with_click"] += float((clicks > 0).sum())
+                sums["initial"] += float(chunk["expected_initial"].sum())
+                sums["oracle"] += float(chunk["expected_oracle"].sum())
+        lists = max(n_by_split[split], 1)  # an empty split reports zeros
         stats["splits"][split] = {
-            "lists": n,
-            "mean_clicks": float(clicks.mean()),
-            "share_lists_with_click": float((clicks > 0).mean()),
-            "mean_expected_clicks_initial": float(logged["expected_initial"].mean()),
-            "mean_expected_clicks_oracle": float(logged["expected_oracle"].mean()),
+            "lists": n_by_split[split],
+            "mean_clicks": sums["clicks"] / lists,
+            "share_lists_with_click": sums["with_click"] / lists,
+            "mean_expected_clicks_initial": sums["initial"] / lists,
+            "mean_expected_clicks_oracle": sums["oracle"] / lists,
         }
+        if config.shard_lists:
+            stats["splits"][split]["shards"] = writer.parts
 
     write_parquet(
         out_dir / "items.parquet",

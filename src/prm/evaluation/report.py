@@ -53,3 +53,15 @@ def tests_table(tests: list[dict[str, Any]]) -> str:
             f"| {_p(test['t_pvalue'])} | {_p(test['wilcoxon_pvalue'])} |"
         )
     return "\n".join(lines)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table from a header and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def p_value_cell(value: float | None) -> str:
+    """A p-value as every table here prints it: 3 decimals, scientific below 0.001."""
+    return _p(value)

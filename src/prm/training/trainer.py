@@ -4,6 +4,11 @@ Every epoch ends with a validation pass and an atomic checkpoint, so ``resume=Tr
 from the last finished epoch with the same RNG states and reaches the same final weights as an
 uninterrupted run. Only lists with at least one click are trained on (as in the PRM authors'
 code: softmax cross-entropy has no target on a list without a click).
+
+Inside a process group (:mod:`prm.training.distributed`) the same loop runs data-parallel
+(DDP): ``batch_size`` is the global batch, each process trains on its part of it, every
+process sees the same validation metrics (rank 0's, broadcast) and so stops at the same
+epoch, and rank 0 alone writes the checkpoint, holding every process's RNG states.
 """
 
 from __future__ import annotations
@@ -18,22 +23,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from prm.config import EvalConfig, TrainConfig, to_dict
-from prm.data.batch import ListDataset
+from prm.data.batch import ListBatch, ListDataset
+from prm.data.streaming import InMemoryLists, TrainingLists, prefetch, to_device
 from prm.evaluation.evaluate import evaluate_scores, score_lists
 from prm.evaluation.plots import plot_training_curve
 from prm.io import write_json
+from prm.training import distributed
 from prm.training.checkpoint import (
     load_checkpoint,
     restore_rng_state,
     rng_state,
     save_checkpoint,
 )
-from prm.training.losses import LOSSES
+from prm.training.losses import LOSSES, Loss
 
 CHECKPOINT = "checkpoint.pt"
+LOG_EVERY = 50  # steps between progress-bar loss updates (each one waits for the device)
 
 
 @dataclass
@@ -48,12 +57,26 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed the global RNGs (init, dropout) and return the generator that shuffles batches."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+def seed_everything(seed: int, rank: int = 0) -> torch.Generator:
+    """Seed the global RNGs (init, dropout; offset by ``rank`` so processes drop different
+    units) and return the generator that shuffles batches, the same in every process."""
+    torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    random.seed(seed + rank)
     return torch.Generator().manual_seed(seed)
+
+
+class LossStep(nn.Module):
+    """The model's training loss as a forward pass, so that DDP synchronises the gradients it
+    produces and torch.compile sees the whole step."""
+
+    def __init__(self, model: nn.Module, loss_fn: Loss) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: ListBatch) -> torch.Tensor:
+        return self.model.loss(batch, self.loss_fn)
 
 
 class Trainer:
@@ -69,28 +92,53 @@ class Trainer:
         eval_config: EvalConfig | None = None,
         progress: bool = True,
     ) -> None:
-        self.model = model.to(config.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.device = distributed.device(config.device)
+        self.model = model.to(self.device)
         self.config = config
         self.eval_config = eval_config or EvalConfig()
         self.run_dir = Path(run_dir)
         self.model_spec = model_spec  # how to rebuild the model: kind, config, input sizes
-        self.progress = progress
+        self.progress = progress and self.rank == 0
         self.loss_fn = LOSSES[config.loss]
-        self.shuffle = seed_everything(config.seed)
+        self.shuffle = seed_everything(config.seed, self.rank)
+        # Fused: one multi-threaded kernel a step instead of many small ones, whose thread
+        # barriers stall when other jobs share the CPU (docs/scaling.md, "CPU notes").
         self.optimizer = torch.optim.Adam(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
         )
+        step: nn.Module = LossStep(self.model, self.loss_fn)
+        if self.world > 1:
+            step = DistributedDataParallel(step)  # broadcasts rank 0's initial weights
+        self.step = torch.compile(step) if config.compile else step
         self.state = TrainState()
 
-    def fit(self, train: ListDataset, valid: ListDataset, resume: bool = False) -> TrainState:
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.device.type, torch.bfloat16, enabled=self.config.precision == "bf16"
+        )
+
+    def fit(
+        self, train: ListDataset | TrainingLists, valid: ListDataset, resume: bool = False
+    ) -> TrainState:
+        """Train until ``epochs`` or early stopping; the model ends with the best weights.
+
+        ``train`` is a split in memory, or lists streamed from shards (a ``ListStream``).
+        """
         checkpoint_path = self.run_dir / CHECKPOINT
-        if resume and checkpoint_path.is_file():
-            self._restore(load_checkpoint(checkpoint_path))
-        train = train.subset(train.has_click())
+        if resume:
+            # Rank 0 reads, all restore: the run folder need only exist where rank 0 runs.
+            found = self.rank == 0 and checkpoint_path.is_file()
+            checkpoint = distributed.broadcast_from_first(
+                load_checkpoint(checkpoint_path) if found else None
+            )
+            if checkpoint is not None:
+                self._restore(checkpoint)
+        lists = InMemoryLists(train) if isinstance(train, ListDataset) else train
         state = self.state
         while state.epoch < self.config.epochs and not self._stopped():
             started = time.perf_counter()
-            train_loss = self._train_epoch(train, state.epoch + 1)
+            train_loss = self.train_epoch(lists, state.epoch + 1)
             metrics = self.validate(valid)
             metric = self._selection_value(metrics)
             state.epoch += 1
@@ -108,8 +156,10 @@ class Trainer:
                 state.epochs_without_improvement = 0
             else:
                 state.epochs_without_improvement += 1
-            save_checkpoint(checkpoint_path, self._checkpoint())
-            self._write_reports()
+            checkpoint = self._checkpoint()
+            if self.rank == 0:
+                save_checkpoint(checkpoint_path, checkpoint)
+                self._write_reports()
         if state.best_weights is not None:
             self.model.load_state_dict(state.best_weights)
         return state
@@ -117,26 +167,31 @@ class Trainer:
     def _stopped(self) -> bool:
         return self.state.epochs_without_improvement >= self.config.patience
 
-    def _train_epoch(self, train: ListDataset, epoch: int) -> float:
+    def train_epoch(self, train: TrainingLists, epoch: int) -> float:
+        """One pass over the training lists; returns the mean of the global batches' losses."""
         self.model.train()
-        total, batches = 0.0, 0
-        n_batches = -(-len(train) // self.config.batch_size)
+        batch_size = self.config.batch_size
+        steps = train.steps(batch_size, self.world)
+        batches = train.local_batches(batch_size, self.shuffle, self.rank, self.world)
+        # This process's share of each global batch's mean loss, summed over steps.
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         bar = tqdm(
-            train.iter_batches(self.config.batch_size, shuffle=True, generator=self.shuffle),
-            total=n_batches,
+            prefetch(batches, self.device),
+            total=steps,
             desc=f"epoch {epoch}",
             disable=not self.progress,
             leave=False,
         )
-        for batch in bar:
-            batch = batch.to(self.config.device)
-            loss = self.model.loss(batch, self.loss_fn)
+        for step, (batch, weight) in enumerate(bar, 1):
+            with self.autocast():
+                loss = self.step(to_device(batch, self.device))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             self.optimizer.step()
-            total, batches = total + loss.item(), batches + 1
-            bar.set_postfix(loss=f"{total / batches:.4f}")
-        return total / max(batches, 1)
+            total += loss.detach() * (weight / self.world)
+            if self.progress and step % LOG_EVERY == 0:
+                bar.set_postfix(loss=f"{total.item() * self.world / step:.4f}")
+        return distributed.all_reduce_sum(total).item() / max(steps, 1)
 
     def _selection_value(self, metrics: dict[str, float]) -> float:
         """The validation figure to maximise: a ranking metric, or minus the loss."""
@@ -149,33 +204,53 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, valid: ListDataset) -> dict[str, float]:
-        """Ranking metrics and loss over validation lists with a click (the selection set)."""
-        scores = score_lists(self.model, valid, device=self.config.device)
-        metrics = evaluate_scores(scores, valid, self.eval_config)
-        clicked = valid.subset(valid.has_click())
-        total, lists = 0.0, 0
-        for batch in clicked.iter_batches(2048):
-            batch = batch.to(self.config.device)
-            loss = self.model.loss(batch, self.loss_fn)
-            total, lists = total + loss.item() * len(batch.list_ids), lists + len(batch.list_ids)
-        metrics["loss"] = total / max(lists, 1)
-        return metrics
+        """Ranking metrics and loss over validation lists with a click (the selection set).
 
-    def _checkpoint(self) -> dict[str, Any]:
+        Each process scores its slice of the lists; rank 0 computes the metrics from all the
+        scores and broadcasts them, so every process takes the same early-stopping decision.
+        """
+        mine = valid.subset(np.array_split(np.arange(len(valid)), self.world)[self.rank])
+        clicked = mine.subset(mine.has_click())
+        total = 0.0
+        with self.autocast():
+            scores = score_lists(self.model, mine, device=self.device)
+            for batch in clicked.iter_batches(2048):
+                loss = self.model.loss(batch.to(self.device), self.loss_fn)
+                total += loss.item() * len(batch.list_ids)
+        parts = distributed.gather_to_first((scores, total, len(clicked)))
+        metrics = None
+        if parts is not None:
+            all_scores, totals, counts = zip(*parts, strict=True)
+            metrics = evaluate_scores(np.concatenate(all_scores), valid, self.eval_config)
+            metrics["loss"] = sum(totals) / max(sum(counts), 1)
+        return distributed.broadcast_from_first(metrics)
+
+    def _checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint on rank 0 (None elsewhere); every process must call it, since it
+        gathers the RNG states of all of them."""
+        rng = distributed.gather_to_first(rng_state(self.shuffle))
+        if rng is None:
+            return None
         return {
             "model_spec": self.model_spec,
             "train_config": to_dict(self.config),
             "weights": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "state": self.state.__dict__,
-            "rng": rng_state(self.shuffle),
+            "rng": rng,  # one entry per process, in rank order
         }
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
+        saved = len(checkpoint["rng"])
+        if saved != self.world:
+            raise ValueError(
+                f"the checkpoint holds the RNG states of {saved} process(es); resume it with "
+                f"{saved} (--nproc {saved}) to continue exactly, or start a new run folder"
+            )
         self.model.load_state_dict(checkpoint["weights"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.state = TrainState(**checkpoint["state"])
-        restore_rng_state(checkpoint["rng"], self.shuffle)
+        restore_rng_state(checkpoint["rng"][self.rank], self.shuffle)
 
     def _best_history_row(self) -> dict[str, float]:
         return self.state.history[self.state.best_epoch - 1] if self.state.best_epoch else {}

@@ -1,0 +1,809 @@
+"""The paper's comparison on real data (issue 4): ``prm benchmark <suite>``.
+
+A suite (``configs/bench_<suite>.yaml``) is one dataset: LETOR MQ2008 (5 folds), LightGBM's
+ranking sample, or MovieLens 100K with users. For each initial ranker it trains every
+re-ranker (the baselines, PRM-BASE and, where users give PV, PRM) once per seed, selects each
+run's epoch on the validation lists, and scores the test lists. Tables then show
+
+* per model: P@k, MAP@k, NDCG@k as mean ± std over seeds, where one seed's value averages
+  the test lists of all folds (each MQ2008 query is a test query in exactly one fold);
+* paired t-tests on per-list values averaged over seeds, against the initial ranking and
+  against the best baseline (highest mean NDCG@10 on test: the strongest competitor);
+* ablations: PRM variants (no PE, heads, blocks, list loss, pre-training model, no PV).
+
+Lists without a relevant item are excluded from every average and test
+(:func:`prm.evaluation.metrics.lists_with_click`): every ordering scores 0 on them.
+
+Every finished run is recorded in the work folder (key: a hash of everything it depends on),
+so ``resume=True`` continues an interrupted suite, and identical rows (an ablation's default
+variant is the main table's PRM-BASE) are trained once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from prm.config import (
+    ConfigError,
+    EvalConfig,
+    ExperimentConfig,
+    PretrainConfig,
+    PRMConfig,
+    TrainConfig,
+    from_dict,
+    to_dict,
+)
+from prm.data.batch import ListDataset
+from prm.data.files import dataset_dir
+from prm.data.letor import load_ranking_file, split_queries
+from prm.data.loaders import ListData, load_list_data
+from prm.data.movielens import MovieLensProtocol, convert_movielens
+from prm.evaluation.evaluate import evaluate_scores, per_list_metrics, score_lists
+from prm.evaluation.metrics import lists_with_click
+from prm.evaluation.report import markdown_table, p_value_cell
+from prm.evaluation.significance import mean_std
+from prm.io import atomic_path, write_json
+from prm.models.registry import build_reranker
+from prm.pipeline import attach_pv, machine, pairwise_tests, pretrain
+from prm.rankers.dlcm import DLCMConfig
+from prm.rankers.gsf import GSFConfig
+from prm.rankers.initial_lists import fit_ranker, initial_lists, letor_reranking_data, make_ranker
+from prm.rankers.midnn import MiDNNConfig
+from prm.rankers.seq2slate import Seq2SlateConfig
+from prm.rankers.setrank import SetRankConfig
+from prm.training.trainer import Trainer
+
+Dataset = Literal["mq2008", "lgbm_rank", "ml-100k"]
+InitialRanker = Literal["lambdamart", "linear_pairwise", "pointwise_dnn"]
+Baseline = Literal["dlcm", "seq2slate", "setrank", "gsf", "midnn"]
+MOVIELENS_RANKER = "popularity_genre"  # ml-100k's fixed initial ranker (docs/datasets.md)
+HEADLINE = "ndcg@10"  # picks the best baseline and is drawn in the figure
+TESTED = ("ndcg@10", "map@10")  # metrics with p-value columns in the tables
+LABELS = {
+    "initial": "initial ranking",
+    "dlcm": "DLCM",
+    "seq2slate": "Seq2Slate",
+    "setrank": "SetRank",
+    "gsf": "GSF",
+    "midnn": "miDNN",
+    "prm_base": "PRM-BASE",
+    "prm": "PRM",
+    "lambdamart": "LambdaMART",
+    "linear_pairwise": "linear pairwise (SVMRank-style)",
+    "pointwise_dnn": "point-wise DNN",
+    MOVIELENS_RANKER: "popularity + genre match",
+}
+
+
+@dataclass(frozen=True)
+class BaselineConfigs:
+    """Hyperparameters of each baseline re-ranker; defaults in ``prm.rankers.<name>``."""
+
+    dlcm: DLCMConfig = field(default_factory=DLCMConfig)
+    seq2slate: Seq2SlateConfig = field(default_factory=Seq2SlateConfig)
+    setrank: SetRankConfig = field(default_factory=SetRankConfig)
+    gsf: GSFConfig = field(default_factory=GSFConfig)
+    midnn: MiDNNConfig = field(default_factory=MiDNNConfig)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ablation row: the suite's PRM with these fields changed (None keeps the suite's)."""
+
+    name: str
+    use_pv: bool | None = None
+    use_pe: bool | None = None
+    n_heads: int | None = None  # must divide model.d_model
+    n_blocks: int | None = None
+    loss: Literal["softmax_ce", "list_mle", "approx_ndcg"] | None = None
+    pretrain_model: Literal["fm", "deepfm", "dcn", "fnn"] | None = None
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """A table of PRM variants on one initial ranker's lists, tested against its first row."""
+
+    title: str
+    base: Literal["prm_base", "prm"] = "prm_base"  # which model the variants change
+    initial_ranker: str | None = None  # LETOR sets: whose lists (default: the first ranker)
+    variants: tuple[Variant, ...] = ()
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """One suite: a dataset, its initial rankers, the re-rankers and how they are trained."""
+
+    name: str
+    dataset: Dataset
+    folds: tuple[int, ...] = ()  # MQ2008 folds (1..5); empty for sets without folds
+    initial_rankers: tuple[InitialRanker, ...] = ()  # LETOR-style sets; ml-100k has its own
+    list_length: int = 30  # L: top documents of the initial ranking that are re-ranked
+    data_seed: int = 0  # query halves (initial ranker / re-rankers) and the initial ranker
+    max_lists: int | None = None  # keep the first lists of each split only (quick runs)
+    seeds: tuple[int, ...] = (0, 1, 2)  # re-ranker (and PV pre-training) seeds
+    baselines: tuple[Baseline, ...] = ("dlcm", "seq2slate", "setrank", "gsf", "midnn")
+    baseline_configs: BaselineConfigs = field(default_factory=BaselineConfigs)
+    model: PRMConfig = field(default_factory=PRMConfig)  # use_pv is set per row
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # ml-100k's PV
+    train: TrainConfig = field(default_factory=TrainConfig)  # seed is set per run
+    evaluate: EvalConfig = field(default_factory=lambda: EvalConfig(ks=(5, 10)))
+    ablations: tuple[AblationConfig, ...] = ()
+    threads: int = 1  # 2 is <= 25% faster on an idle machine, far slower on a busy one
+
+    def __post_init__(self) -> None:
+        letor = self.dataset != "ml-100k"
+        if self.dataset == "mq2008" and not (self.folds and set(self.folds) <= {1, 2, 3, 4, 5}):
+            raise ConfigError(f"folds: mq2008 needs folds among 1..5, got {list(self.folds)}")
+        if self.dataset != "mq2008" and self.folds:
+            raise ConfigError(f"folds: {self.dataset} has no folds, got {list(self.folds)}")
+        if letor != bool(self.initial_rankers):
+            raise ConfigError(
+                f"initial_rankers: {self.dataset} needs "
+                + ("at least one" if letor else "none (its initial ranker is fixed)")
+            )
+        if not self.seeds:
+            raise ConfigError("seeds: at least one seed is needed")
+        for ablation in self.ablations:
+            if ablation.initial_ranker not in (None, *self.initial_rankers):
+                raise ConfigError(
+                    f"ablations: {ablation.title!r} uses initial ranker "
+                    f"{ablation.initial_ranker!r}, not one of {list(self.initial_rankers)}"
+                )
+            if ablation.base == "prm" and letor:
+                raise ConfigError(f"ablations: {ablation.title!r}: PRM needs users (ml-100k)")
+
+    @property
+    def has_pv(self) -> bool:
+        """Only ml-100k has users, so only there is PV pre-trained and PRM trained."""
+        return self.dataset == "ml-100k"
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied; nested mappings merge, anything else replaces."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_benchmark_config(path: str | Path, *, quick: bool = False) -> BenchmarkConfig:
+    """A suite from YAML. Its optional ``quick`` mapping is merged over the rest with
+    ``quick=True`` (tiny runs for CI); unknown keys are rejected either way."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: benchmark config not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict) or not isinstance(data.get("quick", {}), dict):
+        raise ConfigError(f"{path}: the file and its 'quick' key must be mappings")
+    overrides = data.pop("quick", {})
+    try:
+        return from_dict(BenchmarkConfig, _merge(data, overrides) if quick else data)
+    except (ConfigError, TypeError) as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def suite_config_path(suite: str) -> Path:
+    """``suite`` itself when it is a file, else ``configs/bench_<suite>.yaml``."""
+    path = Path(suite)
+    return path if path.is_file() else Path("configs") / f"bench_{suite}.yaml"
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Row:
+    """A table row: a re-ranker trained once per fold and seed (``kind`` None: the initial
+    ranking, which needs no training)."""
+
+    name: str
+    kind: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)  # the re-ranker's config mapping
+    train: TrainConfig | None = None
+    pretrain_model: str | None = None  # the CTR model whose PV the run sees (ml-100k)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows on one initial ranker's lists. A main table tests every row against the initial
+    ranking and the best baseline; an ablation table against its first row."""
+
+    title: str
+    ranker: str
+    rows: tuple[Row, ...]
+    ablation: bool = False
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row's model trained with one seed on one fold: the unit of work and of caching."""
+
+    ranker: str
+    fold: str
+    seed: int
+    row: Row
+
+    def pretrain_config(self, config: BenchmarkConfig) -> PretrainConfig | None:
+        if not config.has_pv:
+            return None
+        model = self.row.pretrain_model or config.pretrain.model
+        return replace(config.pretrain, model=model, seed=self.seed)
+
+    def key(self, config: BenchmarkConfig) -> str:
+        """A hash of everything the run's result depends on (not its row's name)."""
+        pretrain_config = self.pretrain_config(config)
+        identity = {
+            "data": _data_identity(config),
+            "ranker": self.ranker,
+            "fold": self.fold,
+            "kind": self.row.kind,
+            "model": self.row.model,
+            "train": to_dict(replace(self.row.train, seed=self.seed)),
+            "pretrain": None if pretrain_config is None else to_dict(pretrain_config),
+            "evaluate": to_dict(config.evaluate),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _data_identity(config: BenchmarkConfig) -> dict[str, Any]:
+    return {
+        "dataset": config.dataset,
+        "list_length": config.list_length,
+        "data_seed": config.data_seed,
+        "max_lists": config.max_lists,
+    }
+
+
+def _prm_row(config: BenchmarkConfig, name: str, use_pv: bool) -> Row:
+    model = replace(config.model, use_pv=use_pv)
+    return Row(name, "prm", to_dict(model), config.train, config.pretrain.model)
+
+
+def _variant_row(config: BenchmarkConfig, ablation: AblationConfig, variant: Variant) -> Row:
+    base = _prm_row(config, ablation.base, ablation.base == "prm")
+    model_fields = {
+        k: getattr(variant, k)
+        for k in ("use_pv", "use_pe", "n_heads", "n_blocks")
+        if getattr(variant, k) is not None
+    }
+    model = from_dict(PRMConfig, {**base.model, **model_fields})
+    train = config.train if variant.loss is None else replace(config.train, loss=variant.loss)
+    pretrain_model = variant.pretrain_model or config.pretrain.model
+    return Row(variant.name, "prm", to_dict(model), train, pretrain_model)
+
+
+def plan_tables(config: BenchmarkConfig) -> list[Table]:
+    """The main table of each initial ranker, then the ablation tables."""
+    rankers = list(config.initial_rankers) or [MOVIELENS_RANKER]
+    rows = [Row("initial")]
+    for name in config.baselines:
+        model = to_dict(getattr(config.baseline_configs, name))
+        rows.append(Row(name, name, model, config.train, config.pretrain.model))
+    rows.append(_prm_row(config, "prm_base", use_pv=False))
+    if config.has_pv:
+        rows.append(_prm_row(config, "prm", use_pv=True))
+    tables = [Table(f"Main comparison, {LABELS[r]} lists", r, tuple(rows)) for r in rankers]
+    for ablation in config.ablations:
+        ranker = ablation.initial_ranker or rankers[0]
+        variants = tuple(_variant_row(config, ablation, v) for v in ablation.variants)
+        title = f"{ablation.title}, {LABELS[ranker]} lists"
+        tables.append(Table(title, ranker, variants, ablation=True))
+    return tables
+
+
+def folds(config: BenchmarkConfig) -> list[str]:
+    return [f"Fold{k}" for k in config.folds] or ["all"]
+
+
+def plan_runs(config: BenchmarkConfig, tables: list[Table]) -> dict[str, Run]:
+    """Every training run the tables need, by key: rows shared by tables are trained once."""
+    runs: dict[str, Run] = {}
+    for table in tables:
+        for row in table.rows:
+            if row.kind is None:
+                continue
+            for fold in folds(config):
+                for seed in config.seeds:
+                    run = Run(table.ranker, fold, seed, row)
+                    runs.setdefault(run.key(config), run)
+    return runs
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _head(dataset: ListDataset, max_lists: int | None) -> ListDataset:
+    return dataset if max_lists is None else dataset.subset(np.arange(min(max_lists, len(dataset))))
+
+
+def lgbm_rank_lists(
+    ranker_name: str, list_length: int, seed: int, cache_dir: Path
+) -> dict[str, ListDataset]:
+    """LightGBM's ranking sample as re-ranking lists: as for LETOR, the initial ranker is fitted
+    on a seeded half of ``rank.train``'s queries; the sample has no validation file, so the
+    other half is split 3:1 into ``train`` and ``valid``; ``rank.test`` gives ``test``."""
+    root = dataset_dir("lgbm_rank")
+    train = load_ranking_file(
+        root / "rank.train", cache_dir=cache_dir, group_path=root / "rank.train.query"
+    )
+    test = load_ranking_file(
+        root / "rank.test",
+        cache_dir=cache_dir,
+        group_path=root / "rank.test.query",
+        n_features=train.n_features,
+    )
+    ranker_half, reranker_half = split_queries(train, 0.5, seed)
+    rerank_train, valid = split_queries(reranker_half, 0.75, seed)
+    ranker = fit_ranker(make_ranker(ranker_name, seed=seed), ranker_half)
+    queries = {"train": rerank_train, "valid": valid, "test": test}
+    return {s: initial_lists(ranker, q, list_length=list_length) for s, q in queries.items()}
+
+
+def load_lists(
+    config: BenchmarkConfig, ranker: str, fold: str, work_dir: Path
+) -> ListData | dict[str, ListDataset]:
+    """The lists one initial ranker gives on one fold: the ``ListData`` of ml-100k (users and
+    items, for pre-training), the three splits of a LETOR-style set."""
+    cache = work_dir / "cache"
+    if config.dataset == "ml-100k":
+        folder = work_dir / "ml-100k"
+        convert_movielens(folder, protocol=MovieLensProtocol(list_length=config.list_length))
+        data = load_list_data(folder)
+        splits = {s: _head(d, config.max_lists) for s, d in data.splits.items()}
+        return replace(data, splits=splits)
+    if config.dataset == "mq2008":
+        fold_dir = dataset_dir("mq2008") / fold
+        splits = letor_reranking_data(fold_dir, ranker, config.list_length, config.data_seed, cache)
+    else:
+        splits = lgbm_rank_lists(ranker, config.list_length, config.data_seed, cache)
+    return {s: _head(d, config.max_lists) for s, d in splits.items()}
+
+
+def with_pv(
+    data: ListData, pretrain_config: PretrainConfig, work_dir: Path, resume: bool
+) -> dict[str, ListDataset]:
+    """The splits with the PV of ``pretrain_config``'s CTR model, pre-trained (or, with
+    ``resume``, reused from the work folder) on the training lists."""
+    digest = hashlib.sha256(
+        json.dumps([to_dict(pretrain_config), [len(d) for d in data.splits.values()]]).encode()
+    ).hexdigest()[:12]
+    folder = work_dir / "pretrain" / f"{pretrain_config.model}-seed{pretrain_config.seed}-{digest}"
+    if not (resume and (folder / "pretrain_metrics.json").is_file()):
+        pretrain(ExperimentConfig(pretrain=pretrain_config), data, folder, progress=False)
+    return attach_pv(data, folder).splits
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class BenchmarkTrainer(Trainer):
+    """The shared trainer without its per-epoch training-curve PNG and metrics file.
+
+    A suite trains hundreds of small models; drawing the curve after every epoch took about
+    0.13 s, more than most epochs (0.03-0.35 s on MQ2008). The epoch history goes into the
+    run's ``record.json`` in the work folder instead.
+    """
+
+    def _write_reports(self) -> None:
+        """Nothing: see the class docstring."""
+
+
+def train_and_test(
+    run: Run, splits: dict[str, ListDataset], run_dir: Path, evaluate: EvalConfig
+) -> dict[str, Any]:
+    """Fit on ``train``, keep the best epoch on ``valid``, and return per-list test metrics."""
+    train, test = splits["train"], splits["test"]
+    spec = {
+        "kind": run.row.kind,
+        "config": run.row.model,
+        "d_feature": train.d_feature,
+        "d_pv": train.d_pv,
+    }
+    train_config = replace(run.row.train, seed=run.seed)
+    torch.manual_seed(run.seed)  # the initial weights
+    started = time.perf_counter()
+    trainer = BenchmarkTrainer(
+        build_reranker(spec),
+        train_config,
+        run_dir,
+        model_spec=spec,
+        eval_config=evaluate,
+        progress=False,
+    )
+    state = trainer.fit(train, splits["valid"])
+    scores = score_lists(trainer.model, test, device=train_config.device)
+    per_list = per_list_metrics(scores, test, evaluate)
+    return {
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "best_valid": state.best_metric,
+        "seconds": round(time.perf_counter() - started, 2),
+        "history": state.history,
+        "test": {name: values.tolist() for name, values in per_list.items()},
+    }
+
+
+def _by_unit(runs: dict[str, Run]) -> dict[tuple[str, str], dict[str, Run]]:
+    """Runs grouped by (initial ranker, fold), so each fold's lists are built once."""
+    units: dict[tuple[str, str], dict[str, Run]] = {}
+    for key, run in runs.items():
+        units.setdefault((run.ranker, run.fold), {})[key] = run
+    return units
+
+
+def execute(
+    config: BenchmarkConfig,
+    tables: list[Table],
+    work_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[dict[str, dict[str, ListDataset]], dict[str, dict[str, Any]], dict[str, float]]:
+    """Train every planned run; return the splits by "ranker/fold", the run records by key and
+    seconds per stage (data, pretrain, train)."""
+    runs = plan_runs(config, tables)
+    unit_names = {(t.ranker, f) for t in tables for f in folds(config)}
+    records: dict[str, dict[str, Any]] = {}
+    lists: dict[str, dict[str, ListDataset]] = {}
+    seconds = {"data": 0.0, "pretrain": 0.0, "train": 0.0}
+    bar = tqdm(total=len(runs), desc=f"{config.name}: training runs", disable=not progress)
+    grouped = _by_unit(runs)
+    for ranker, fold in sorted(unit_names):
+        started = time.perf_counter()
+        data = load_lists(config, ranker, fold, work_dir)
+        splits = data.splits if isinstance(data, ListData) else data
+        lists[f"{ranker}/{fold}"] = splits
+        seconds["data"] += time.perf_counter() - started
+        pv_cache: dict[str, dict[str, ListDataset]] = {}
+        for key, run in grouped.get((ranker, fold), {}).items():
+            bar.set_postfix_str(f"{ranker} {fold} {run.row.name} seed {run.seed}")
+            record_path = work_dir / "runs" / key / "record.json"
+            if resume and record_path.is_file():
+                records[key] = json.loads(record_path.read_text())
+                bar.update()
+                continue
+            run_splits = splits
+            pretrain_config = run.pretrain_config(config)
+            if pretrain_config is not None and isinstance(data, ListData):
+                pv_key = json.dumps(to_dict(pretrain_config))
+                if pv_key not in pv_cache:
+                    started = time.perf_counter()
+                    pv_cache[pv_key] = with_pv(data, pretrain_config, work_dir, resume)
+                    seconds["pretrain"] += time.perf_counter() - started
+                run_splits = pv_cache[pv_key]
+            record = train_and_test(run, run_splits, record_path.parent, config.evaluate)
+            record.update(row=run.row.name, kind=run.row.kind, ranker=ranker, fold=fold)
+            record["seed"] = run.seed
+            write_json(record_path, record)
+            records[key] = record
+            seconds["train"] += record["seconds"]
+            bar.update()
+    bar.close()
+    return lists, records, seconds
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def metric_names(evaluate: EvalConfig) -> list[str]:
+    return [f"{m}@{k}" for m in ("p", "map", "ndcg") for k in evaluate.ks]
+
+
+def _row_runs(
+    config: BenchmarkConfig,
+    table: Table,
+    row: Row,
+    lists: dict[str, dict[str, ListDataset]],
+    records: dict[str, dict[str, Any]],
+) -> list[dict[str, np.ndarray]]:
+    """Per seed: per-list test metrics of the lists with a relevant item, all folds joined."""
+    if row.kind is None:  # the initial ranking: the same for every seed
+        per_fold = []
+        for fold in folds(config):
+            test = lists[f"{table.ranker}/{fold}"]["test"]
+            scores = -test.positions.astype(np.float32)  # rank 0 first
+            per_fold.append(per_list_metrics(scores, test, config.evaluate))
+        return [_join(config, table, per_fold, lists)]
+    out = []
+    for seed in config.seeds:
+        per_fold = [
+            {
+                k: np.asarray(v)
+                for k, v in records[Run(table.ranker, fold, seed, row).key(config)]["test"].items()
+            }
+            for fold in folds(config)
+        ]
+        out.append(_join(config, table, per_fold, lists))
+    return out
+
+
+def _join(
+    config: BenchmarkConfig,
+    table: Table,
+    per_fold: list[dict[str, np.ndarray]],
+    lists: dict[str, dict[str, ListDataset]],
+) -> dict[str, np.ndarray]:
+    """Concatenate folds, keeping the lists with a relevant item."""
+    keep = [
+        lists_with_click(
+            lists[f"{table.ranker}/{f}"]["test"].labels, lists[f"{table.ranker}/{f}"]["test"].mask
+        )
+        for f in folds(config)
+    ]
+    return {
+        name: np.concatenate([run[name][k] for run, k in zip(per_fold, keep, strict=True)])
+        for name in per_fold[0]
+    }
+
+
+def _valid_value(
+    config: BenchmarkConfig,
+    table: Table,
+    row: Row,
+    lists: dict[str, dict[str, ListDataset]],
+    records: dict[str, dict[str, Any]],
+) -> float | None:
+    """The validation selection value (at the selected epoch) averaged over folds and seeds;
+    for the initial ranking its value on the validation lists (None when selecting on loss)."""
+    metric = config.train.selection_metric
+    if row.kind is not None:
+        return float(
+            np.mean(
+                [
+                    records[Run(table.ranker, fold, seed, row).key(config)]["best_valid"]
+                    for fold in folds(config)
+                    for seed in config.seeds
+                ]
+            )
+        )
+    if metric == "loss":
+        return None
+    values = []
+    for fold in folds(config):
+        valid = lists[f"{table.ranker}/{fold}"]["valid"]
+        scores = -valid.positions.astype(np.float32)  # rank 0 first
+        values.append(evaluate_scores(scores, valid, config.evaluate)[metric])
+    return float(np.mean(values))
+
+
+def summarize_table(
+    config: BenchmarkConfig,
+    table: Table,
+    lists: dict[str, dict[str, ListDataset]],
+    records: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Mean ± std over seeds of each row and metric, and the paired t-tests of the table."""
+    per_row = {row.name: _row_runs(config, table, row, lists, records) for row in table.rows}
+    row_spec = {row.name: row for row in table.rows}
+    rows: dict[str, dict[str, Any]] = {}
+    for name, runs in per_row.items():
+        row: dict[str, Any] = {"seeds": len(runs)}
+        for metric in metric_names(config.evaluate):
+            row[metric], row[f"{metric}_std"] = mean_std(np.array([r[metric].mean() for r in runs]))
+        row["valid"] = _valid_value(config, table, row_spec[name], lists, records)
+        rows[name] = row
+    names = list(per_row)
+    if table.ablation:
+        references = {"first": names[0]}
+    else:
+        baselines = [n for n in names if n in config.baselines]
+        best = max(baselines, key=lambda n: rows[n][HEADLINE]) if baselines else None
+        references = {"initial": "initial"} | ({"best_baseline": best} if best else {})
+    tests_out = []
+    for label, reference in references.items():
+        pairs = [(name, reference) for name in names if name != reference]
+        for metric in TESTED:
+            for test in pairwise_tests(per_row, pairs, key=metric):
+                rows[test["a"]][f"p_{metric}_vs_{label}"] = test["t_pvalue"]
+                tests_out.append({**test, "reference": label})
+    n_relevant = len(next(iter(per_row.values()))[0][HEADLINE])
+    n_lists = sum(len(lists[f"{table.ranker}/{f}"]["test"]) for f in folds(config))
+    return {
+        "title": table.title,
+        "ranker": table.ranker,
+        "ablation": table.ablation,
+        "references": references,
+        "lists": n_lists,
+        "lists_with_relevant": n_relevant,
+        "rows": rows,
+        "tests": tests_out,
+    }
+
+
+def render_table(summary: dict[str, Any], config: BenchmarkConfig) -> str:
+    """A markdown table: test metrics as mean ± std over seeds, the validation value that
+    selected the epochs, then paired t-test p-values."""
+    metrics = metric_names(config.evaluate)
+    references = summary["references"]
+    header = ["model" if not summary["ablation"] else "variant"]
+    convention = config.evaluate.map_convention
+    header += [f"{m.upper()} ({convention})" if m.startswith("map") else m.upper() for m in metrics]
+    header.append(f"valid {config.train.selection_metric.upper()}")
+    for reference in references.values():
+        header.append(f"p vs {LABELS.get(reference, reference)} (NDCG@10 / MAP@10)")
+    lines = []
+    for name, row in summary["rows"].items():
+        cells = [LABELS.get(name, name)]
+        cells += [f"{row[m]:.4f} ± {row[f'{m}_std']:.4f}" for m in metrics]
+        cells.append("–" if row["valid"] is None else f"{row['valid']:.4f}")
+        for label in references:
+            pvalues = [row.get(f"p_{m}_vs_{label}") for m in TESTED]
+            cells.append(
+                "–" if pvalues[0] is None else " / ".join(p_value_cell(p) for p in pvalues)
+            )
+        lines.append(cells)
+    return markdown_table(header, lines)
+
+
+def plot_suite(summaries: list[dict[str, Any]], path: Path, title: str) -> None:
+    """NDCG@10 mean ± std (over seeds) of every row of every table, one panel per table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(summaries)
+    columns = min(n, 3)
+    figure, axes = plt.subplots(
+        -(-n // columns), columns, figsize=(5 * columns, 3.8 * -(-n // columns)), squeeze=False
+    )
+    for axis in axes.flat[n:]:
+        axis.set_visible(False)
+    for axis, summary in zip(axes.flat, summaries, strict=False):
+        names = list(summary["rows"])
+        means = np.array([summary["rows"][n][HEADLINE] for n in names])
+        stds = np.array([summary["rows"][n][f"{HEADLINE}_std"] for n in names])
+        colors = [
+            "0.6" if n == "initial" else ("C3" if n.startswith("prm") else "C0") for n in names
+        ]
+        axis.bar(range(len(names)), means, yerr=stds, color=colors, capsize=3)
+        axis.set_xticks(
+            range(len(names)), [LABELS.get(n, n) for n in names], rotation=45, ha="right"
+        )
+        low, high = float((means - stds).min()), float((means + stds).max())
+        margin = max(high - low, 0.01) * 0.3
+        axis.set_ylim(low - margin, high + margin)  # differences are small: the axis is cut
+        axis.set_ylabel("NDCG@10 (axis cut)")
+        axis.set_title(summary["title"], fontsize=9)
+    figure.suptitle(title)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def _protocol(config: BenchmarkConfig, summary: dict[str, Any]) -> str:
+    folds_text = (
+        f"Test lists of fold(s) {', '.join(map(str, config.folds))} joined (each query is "
+        "tested in one fold)"
+        if config.folds
+        else "One test split"
+    )
+    seeds = ", ".join(str(s) for s in config.seeds)
+    return (
+        f"{summary['lists_with_relevant']} of {summary['lists']} test lists have a relevant item "
+        f"and are averaged; lists without one are excluded (every ordering scores 0 on them). "
+        f"{folds_text}; mean ± std over seeds {seeds}; epochs selected on validation "
+        f"{config.train.selection_metric}. MAP convention '{config.evaluate.map_convention}'"
+        + (
+            " (AP@k divides by the relevant items in the top k, as the PRM authors' code)."
+            if config.evaluate.map_convention == "prm"
+            else " (AP@k divides by all relevant items of the list, as trec_eval)."
+        )
+        + " p: paired t-test on per-list values averaged over seeds."
+    )
+
+
+def render_section(results: dict[str, Any], config: BenchmarkConfig) -> str:
+    """The suite's section of RESULTS.md: how it was run, then every table."""
+    minutes = results["seconds"]["total"] / 60
+    parts = [
+        f"## {config.name}" + (" (quick settings)" if results["quick"] else ""),
+        "",
+        f"- Command: `{results['command']}`",
+        f"- Machine: {results['machine']}; torch threads: {config.threads}; "
+        f"load average (1 min) at start / end: {results['load_average'][0]:.2f} / "
+        f"{results['load_average'][1]:.2f} (other jobs share the machine)",
+        f"- Wall time: {minutes:.1f} min for {results['runs']} training runs ("
+        + ", ".join(f"{stage} {s:.0f} s" for stage, s in results["seconds"].items())
+        + "); mean seconds per run: "
+        + ", ".join(f"{LABELS.get(k, k)} {v:.1f}" for k, v in results["seconds_per_run"].items()),
+        f"- Figure: `{results['figure']}`; numbers: `{results['json']}`",
+    ]
+    for summary in results["tables"]:
+        parts += ["", f"### {summary['title']}", "", _protocol(config, summary), ""]
+        if not summary["ablation"] and "best_baseline" in summary["references"]:
+            best = summary["references"]["best_baseline"]
+            parts += [f"Best baseline (highest mean NDCG@10): {LABELS.get(best, best)}.", ""]
+        parts.append(render_table(summary, config))
+    return "\n".join(parts) + "\n"
+
+
+RESULTS_HEADER = (
+    "# Benchmarks on real data\n\n"
+    "Written by `prm benchmark <suite>` (src/prm/benchmark.py): one section per suite, replaced "
+    "when that suite runs again. Numbers are measured by the command shown in each section.\n"
+)
+
+
+def update_results_markdown(path: Path, suite: str, section: str) -> None:
+    """Put ``section`` between the suite's markers in ``path``, keeping other suites' sections."""
+    begin, end = f"<!-- benchmark:{suite} -->", f"<!-- /benchmark:{suite} -->"
+    block = f"{begin}\n{section}{end}\n"
+    text = path.read_text() if path.is_file() else RESULTS_HEADER
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text}\n{block}"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _seconds_per_run(records: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Mean training seconds of one run, per row name (where the time goes)."""
+    seconds: dict[str, list[float]] = {}
+    for record in records.values():
+        seconds.setdefault(record["row"], []).append(record["seconds"])
+    return {row: round(float(np.mean(values)), 2) for row, values in seconds.items()}
+
+
+def run_benchmark(
+    config: BenchmarkConfig,
+    *,
+    out_dir: str | Path,
+    work_dir: str | Path,
+    command: str,
+    quick: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run a suite; write ``RESULTS.md`` (its section), ``figures/<name>.png`` and
+    ``results/<name>.json`` under ``out_dir``; return the results."""
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    torch.set_num_threads(config.threads)
+    out_dir, work_dir = Path(out_dir), Path(work_dir) / config.name
+    tables = plan_tables(config)
+    lists, records, seconds = execute(config, tables, work_dir, resume=resume, progress=progress)
+    summaries = [summarize_table(config, table, lists, records) for table in tables]
+    figure = out_dir / "figures" / f"{config.name}.png"
+    json_path = out_dir / "results" / f"{config.name}.json"
+    plot_suite(summaries, figure, f"{config.name}: NDCG@10, mean ± std over seeds")
+    seconds["total"] = time.perf_counter() - started
+    results = {
+        "suite": config.name,
+        "quick": quick,
+        "command": command,
+        "machine": machine(),
+        "load_average": [load_start, os.getloadavg()[0]],
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "runs": len(records),
+        "seconds_per_run": _seconds_per_run(records),
+        "figure": str(figure),
+        "json": str(json_path),
+        "tables": summaries,
+        "run_records": {
+            key: {k: v for k, v in record.items() if k not in ("test", "history")}
+            for key, record in records.items()
+        },
+        "config": to_dict(config),
+    }
+    write_json(json_path, results)
+    update_results_markdown(out_dir / "RESULTS.md", config.name, render_section(results, config))
+    return results
