@@ -8,7 +8,9 @@ run's epoch on the validation lists, and scores the test lists. Tables then show
 * per model: P@k, MAP@k, NDCG@k as mean ± std over seeds, where one seed's value averages
   the test lists of all folds (each MQ2008 query is a test query in exactly one fold);
 * paired t-tests on per-list values averaged over seeds, against the initial ranking and
-  against the best baseline (highest mean NDCG@10 on test: the strongest competitor);
+  against the best baseline (highest mean validation NDCG@10: chosen without the test lists);
+* with ``losses`` set, each re-ranker is trained with every candidate list loss and the table
+  reports the loss with the best mean validation value (a "loss" column names it).
 * ablations: PRM variants (no PE, heads, blocks, list loss, pre-training model, no PV).
 
 Lists without a relevant item are excluded from every average and test
@@ -68,8 +70,10 @@ from prm.training.trainer import Trainer
 Dataset = Literal["mq2008", "lgbm_rank", "ml-100k"]
 InitialRanker = Literal["lambdamart", "linear_pairwise", "pointwise_dnn"]
 Baseline = Literal["dlcm", "seq2slate", "setrank", "gsf", "midnn"]
+Loss = Literal["softmax_ce", "list_mle", "approx_ndcg"]
+OWN_LOSS = {"seq2slate"}  # re-rankers with their own objective: list-loss candidates skip them
 MOVIELENS_RANKER = "popularity_genre"  # ml-100k's fixed initial ranker (docs/datasets.md)
-HEADLINE = "ndcg@10"  # picks the best baseline and is drawn in the figure
+HEADLINE = "ndcg@10"  # drawn in the figure; with TESTED the p-value columns
 TESTED = ("ndcg@10", "map@10")  # metrics with p-value columns in the tables
 LABELS = {
     "initial": "initial ranking",
@@ -107,7 +111,7 @@ class Variant:
     use_pe: bool | None = None
     n_heads: int | None = None  # must divide model.d_model
     n_blocks: int | None = None
-    loss: Literal["softmax_ce", "list_mle", "approx_ndcg"] | None = None
+    loss: Loss | None = None
     pretrain_model: Literal["fm", "deepfm", "dcn", "fnn"] | None = None
 
 
@@ -138,6 +142,10 @@ class BenchmarkConfig:
     model: PRMConfig = field(default_factory=PRMConfig)  # use_pv is set per row
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # ml-100k's PV
     train: TrainConfig = field(default_factory=TrainConfig)  # seed is set per run
+    # Candidate list losses: every row without a loss of its own is trained with each, and the
+    # one with the best validation selection metric (mean over folds and seeds) is reported.
+    # Empty: every row uses train.loss.
+    losses: tuple[Loss, ...] = ()
     evaluate: EvalConfig = field(default_factory=lambda: EvalConfig(ks=(5, 10)))
     ablations: tuple[AblationConfig, ...] = ()
     threads: int = 1  # 2 is <= 25% faster on an idle machine, far slower on a busy one
@@ -155,6 +163,13 @@ class BenchmarkConfig:
             )
         if not self.seeds:
             raise ConfigError("seeds: at least one seed is needed")
+        if len(self.losses) == 1:
+            raise ConfigError("losses: give two or more candidates, or set train.loss instead")
+        if self.losses and self.train.selection_metric == "loss":
+            raise ConfigError(
+                "losses: choosing among list losses needs train.selection_metric other than "
+                "'loss' (the values of different losses do not compare)"
+            )
         for ablation in self.ablations:
             if ablation.initial_ranker not in (None, *self.initial_rankers):
                 raise ConfigError(
@@ -219,6 +234,20 @@ class Row:
     model: dict[str, Any] = field(default_factory=dict)  # the re-ranker's config mapping
     train: TrainConfig | None = None
     pretrain_model: str | None = None  # the CTR model whose PV the run sees (ml-100k)
+    # The same row trained with each candidate loss; ``select_losses`` keeps the best one.
+    candidates: tuple[Row, ...] = ()
+
+    def trained(self) -> tuple[Row, ...]:
+        """The rows actually trained for this one: its candidates, or itself."""
+        return self.candidates or (self,)
+
+
+def with_loss_candidates(config: BenchmarkConfig, row: Row) -> Row:
+    """``row`` trained with each of ``config.losses`` (unchanged when there is no choice)."""
+    if not config.losses or row.kind is None or row.kind in OWN_LOSS:
+        return row
+    trains = (replace(row.train, loss=loss) for loss in config.losses)
+    return replace(row, candidates=tuple(replace(row, train=train) for train in trains))
 
 
 @dataclass(frozen=True)
@@ -287,7 +316,8 @@ def _variant_row(config: BenchmarkConfig, ablation: AblationConfig, variant: Var
     model = from_dict(PRMConfig, {**base.model, **model_fields})
     train = config.train if variant.loss is None else replace(config.train, loss=variant.loss)
     pretrain_model = variant.pretrain_model or config.pretrain.model
-    return Row(variant.name, "prm", to_dict(model), train, pretrain_model)
+    row = Row(variant.name, "prm", to_dict(model), train, pretrain_model)
+    return row if variant.loss is not None else with_loss_candidates(config, row)
 
 
 def plan_tables(config: BenchmarkConfig) -> list[Table]:
@@ -300,6 +330,7 @@ def plan_tables(config: BenchmarkConfig) -> list[Table]:
     rows.append(_prm_row(config, "prm_base", use_pv=False))
     if config.has_pv:
         rows.append(_prm_row(config, "prm", use_pv=True))
+    rows = [with_loss_candidates(config, row) for row in rows]
     tables = [Table(f"Main comparison, {LABELS[r]} lists", r, tuple(rows)) for r in rankers]
     for ablation in config.ablations:
         ranker = ablation.initial_ranker or rankers[0]
@@ -317,7 +348,7 @@ def plan_runs(config: BenchmarkConfig, tables: list[Table]) -> dict[str, Run]:
     """Every training run the tables need, by key: rows shared by tables are trained once."""
     runs: dict[str, Run] = {}
     for table in tables:
-        for row in table.rows:
+        for row in (trained for listed in table.rows for trained in listed.trained()):
             if row.kind is None:
                 continue
             for fold in folds(config):
@@ -491,6 +522,7 @@ def execute(
                 run_splits = pv_cache[pv_key]
             record = train_and_test(run, run_splits, record_path.parent, config.evaluate)
             record.update(row=run.row.name, kind=run.row.kind, ranker=ranker, fold=fold)
+            record["loss"] = run.row.train.loss
             record["seed"] = run.seed
             write_json(record_path, record)
             records[key] = record
@@ -584,6 +616,24 @@ def _valid_value(
     return float(np.mean(values))
 
 
+def select_losses(
+    config: BenchmarkConfig,
+    table: Table,
+    lists: dict[str, dict[str, ListDataset]],
+    records: dict[str, dict[str, Any]],
+) -> Table:
+    """``table`` with each row that has loss candidates replaced by the candidate of best mean
+    validation value, so the choice never sees the test lists."""
+
+    def best(row: Row) -> Row:
+        if not row.candidates:
+            return row
+        values = [_valid_value(config, table, c, lists, records) for c in row.candidates]
+        return row.candidates[int(np.argmax(values))]
+
+    return replace(table, rows=tuple(best(row) for row in table.rows))
+
+
 def summarize_table(
     config: BenchmarkConfig,
     table: Table,
@@ -591,6 +641,7 @@ def summarize_table(
     records: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """Mean ± std over seeds of each row and metric, and the paired t-tests of the table."""
+    table = select_losses(config, table, lists, records)
     per_row = {row.name: _row_runs(config, table, row, lists, records) for row in table.rows}
     row_spec = {row.name: row for row in table.rows}
     rows: dict[str, dict[str, Any]] = {}
@@ -599,13 +650,15 @@ def summarize_table(
         for metric in metric_names(config.evaluate):
             row[metric], row[f"{metric}_std"] = mean_std(np.array([r[metric].mean() for r in runs]))
         row["valid"] = _valid_value(config, table, row_spec[name], lists, records)
+        row["loss"] = None if row_spec[name].train is None else row_spec[name].train.loss
         rows[name] = row
     names = list(per_row)
     if table.ablation:
         references = {"first": names[0]}
     else:
         baselines = [n for n in names if n in config.baselines]
-        best = max(baselines, key=lambda n: rows[n][HEADLINE]) if baselines else None
+        sign = -1.0 if config.train.selection_metric == "loss" else 1.0  # loss: lower is better
+        best = max(baselines, key=lambda n: sign * rows[n]["valid"]) if baselines else None
         references = {"initial": "initial"} | ({"best_baseline": best} if best else {})
     tests_out = []
     for label, reference in references.items():
@@ -637,6 +690,8 @@ def render_table(summary: dict[str, Any], config: BenchmarkConfig) -> str:
     convention = config.evaluate.map_convention
     header += [f"{m.upper()} ({convention})" if m.startswith("map") else m.upper() for m in metrics]
     header.append(f"valid {config.train.selection_metric.upper()}")
+    if config.losses:
+        header.append("loss (chosen on valid)")
     for reference in references.values():
         header.append(f"p vs {LABELS.get(reference, reference)} (NDCG@10 / MAP@10)")
     lines = []
@@ -644,6 +699,8 @@ def render_table(summary: dict[str, Any], config: BenchmarkConfig) -> str:
         cells = [LABELS.get(name, name)]
         cells += [f"{row[m]:.4f} ± {row[f'{m}_std']:.4f}" for m in metrics]
         cells.append("–" if row["valid"] is None else f"{row['valid']:.4f}")
+        if config.losses:
+            cells.append(row["loss"] or "–")
         for label in references:
             pvalues = [row.get(f"p_{m}_vs_{label}") for m in TESTED]
             cells.append(
@@ -702,7 +759,14 @@ def _protocol(config: BenchmarkConfig, summary: dict[str, Any]) -> str:
         f"{summary['lists_with_relevant']} of {summary['lists']} test lists have a relevant item "
         f"and are averaged; lists without one are excluded (every ordering scores 0 on them). "
         f"{folds_text}; mean ± std over seeds {seeds}; epochs selected on validation "
-        f"{config.train.selection_metric}. MAP convention '{config.evaluate.map_convention}'"
+        f"{config.train.selection_metric}"
+        + (
+            f"; each re-ranker's list loss chosen among {', '.join(config.losses)} by its mean "
+            "validation value (Seq2Slate keeps its own step-wise loss)"
+            if config.losses
+            else ""
+        )
+        + f". MAP convention '{config.evaluate.map_convention}'"
         + (
             " (AP@k divides by the relevant items in the top k, as the PRM authors' code)."
             if config.evaluate.map_convention == "prm"
@@ -732,7 +796,11 @@ def render_section(results: dict[str, Any], config: BenchmarkConfig) -> str:
         parts += ["", f"### {summary['title']}", "", _protocol(config, summary), ""]
         if not summary["ablation"] and "best_baseline" in summary["references"]:
             best = summary["references"]["best_baseline"]
-            parts += [f"Best baseline (highest mean NDCG@10): {LABELS.get(best, best)}.", ""]
+            parts += [
+                f"Best baseline (best mean validation {config.train.selection_metric.upper()}): "
+                f"{LABELS.get(best, best)}.",
+                "",
+            ]
         parts.append(render_table(summary, config))
     return "\n".join(parts) + "\n"
 

@@ -18,7 +18,7 @@ from prm.benchmark import (
     run_benchmark,
     update_results_markdown,
 )
-from prm.config import ConfigError
+from prm.config import ConfigError, TrainConfig
 from prm.data.files import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,9 +45,24 @@ def test_mq2008_plan_covers_the_paper_tables() -> None:
     assert [t.ranker for t in main] == ["lambdamart", "linear_pairwise", "pointwise_dnn"]
     names = [row.name for row in main[0].rows]
     assert names == ["initial", "dlcm", "seq2slate", "setrank", "gsf", "midnn", "prm_base"]
-    # the ablations' default rows are the main table's PRM-BASE: trained once, not twice
-    per_fold_seed = 3 * 6 + 5 + 2  # main rows, 5 more PRM-BASE variants, 2 more losses
+    losses = len(config.losses)
+    assert losses == 3
+    # Every row but Seq2Slate is trained once per candidate loss. The ablations' default row is
+    # the main table's PRM-BASE and the loss table's rows are its candidates: trained once.
+    per_fold_seed = 3 * (5 * losses + 1) + 5 * losses
     assert len(plan_runs(config, tables)) == per_fold_seed * 5 * len(config.seeds)
+
+
+def test_losses_need_a_comparable_selection_metric(tmp_path: Path) -> None:
+    base = {"name": "x", "dataset": "mq2008", "folds": (1,), "initial_rankers": ("lambdamart",)}
+    with pytest.raises(ConfigError, match="two or more"):
+        BenchmarkConfig(**base, losses=("list_mle",))
+    with pytest.raises(ConfigError, match="do not compare"):
+        BenchmarkConfig(
+            **base,
+            losses=("list_mle", "softmax_ce"),
+            train=TrainConfig(selection_metric="loss"),
+        )
 
 
 def test_unknown_and_inconsistent_keys_are_rejected(tmp_path: Path) -> None:
@@ -107,6 +122,14 @@ def test_quick_suite_runs_every_model(suite: str, tmp_path: Path) -> None:
         for row in table["rows"].values():
             assert all(math.isfinite(row[m]) for m in ("p@5", "map@10", "ndcg@10"))
     assert 0 < main["lists_with_relevant"] <= main["lists"]
+    if config.losses:  # each row's loss is its candidate of best mean validation value
+        for name, row in main["rows"].items():
+            valid = {}
+            for record in results["run_records"].values():
+                if record["row"] == name and record["ranker"] == main["ranker"]:
+                    valid.setdefault(record["loss"], []).append(record["best_valid"])
+            if len(valid) > 1:
+                assert row["loss"] == max(valid, key=lambda loss: sum(valid[loss]))
     written = json.loads((tmp_path / "out" / "results" / f"{suite}.json").read_text())
     assert written["tables"][0]["rows"].keys() == main["rows"].keys()
     assert (tmp_path / "out" / "figures" / f"{suite}.png").stat().st_size > 0
