@@ -634,6 +634,12 @@ def select_losses(
     return replace(table, rows=tuple(best(row) for row in table.rows))
 
 
+def _loss_label(row: Row) -> str | None:
+    if row.train is None:
+        return None
+    return "own (step-wise)" if row.kind in OWN_LOSS else row.train.loss
+
+
 def summarize_table(
     config: BenchmarkConfig,
     table: Table,
@@ -650,7 +656,7 @@ def summarize_table(
         for metric in metric_names(config.evaluate):
             row[metric], row[f"{metric}_std"] = mean_std(np.array([r[metric].mean() for r in runs]))
         row["valid"] = _valid_value(config, table, row_spec[name], lists, records)
-        row["loss"] = None if row_spec[name].train is None else row_spec[name].train.loss
+        row["loss"] = _loss_label(row_spec[name])
         rows[name] = row
     names = list(per_row)
     if table.ablation:

@@ -1,0 +1,137 @@
+"""Can a position-bias term learned from the logs debias PRM? Epoch by epoch, on the simulator.
+
+    .venv/bin/python benchmarks/position_bias.py [--config configs/demo.yaml] [--epochs 10]
+        [--work runs/position_bias] [--variants pe,no_pe,tower,true_examination]
+
+Trains PRM (with PV, softmax cross-entropy on clicks, a plain Adam loop so that every epoch's
+weights are scored) in four variants and prints, after each epoch, the validation softmax
+cross-entropy (what training can select on) and the share of the oracle's gain over the
+initial ranking on the validation lists (what the click model says, hidden from training):
+
+* ``pe``: the paper's input, PE of the initial rank;
+* ``no_pe``: no position anywhere, a permutation-equivariant set scorer;
+* ``tower``: no PE, plus the PAL position-bias tower (a logit offset per logged rank, learned
+  with the clicks from zero and dropped when ranking);
+* ``true_examination``: no PE, the tower frozen at the simulator's true log examination
+  (Eq. 7 of docs/simulator.md). Hidden knowledge: a reference, not a model.
+
+Data and PV come from ``prm simulate`` and ``prm pretrain`` with the config, cached in --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prm.config import ExperimentConfig, load_config
+from prm.data.batch import ListDataset
+from prm.data.loaders import load_list_data
+from prm.data.simulator import ClickModel, load_click_model, simulate
+from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
+from prm.evaluation.report import markdown_table
+from prm.models.prm import PRM
+from prm.models.registry import build_reranker, prm_spec
+from prm.pipeline import attach_pv, pretrain
+from prm.training.losses import softmax_cross_entropy
+
+VARIANTS = {
+    "pe": {"use_pe": True, "position_bias_tower": False},
+    "no_pe": {"use_pe": False, "position_bias_tower": False},
+    "tower": {"use_pe": False, "position_bias_tower": True},
+    "true_examination": {"use_pe": False, "position_bias_tower": True},
+}
+
+
+def prepared_data(config: ExperimentConfig, work: Path) -> tuple[dict[str, ListDataset], Path]:
+    """Simulated lists with PV attached, made once per work folder."""
+    data_dir, pretrain_dir = work / "data", work / "pretrain"
+    if not (data_dir / "stats.json").is_file():
+        simulate(config.simulator, data_dir)
+    data = load_list_data(data_dir)
+    if not (pretrain_dir / "pv_test.npy").is_file():
+        pretrain(config, data, pretrain_dir)
+    return attach_pv(data, pretrain_dir).splits, data_dir
+
+
+@torch.no_grad()
+def validation_loss(model: PRM, valid: ListDataset) -> float:
+    model.eval()
+    total = 0.0
+    for batch in valid.iter_batches(2048):
+        loss = softmax_cross_entropy(model.click_logits(batch), batch.labels, mask=batch.mask)
+        total += loss.item() * len(batch.mask)
+    return total / len(valid)
+
+
+def train_variant(
+    name: str,
+    config: ExperimentConfig,
+    splits: dict[str, ListDataset],
+    click_model: ClickModel,
+    epochs: int,
+) -> list[tuple[float, float]]:
+    """(validation loss, % of the oracle's validation gain) after each epoch."""
+    train, valid = splits["train"], splits["valid"]
+    train = train.subset(np.flatnonzero(train.has_click()))  # as the Trainer does
+    torch.manual_seed(config.train.seed)
+    model_config = replace(config.model, **VARIANTS[name])
+    model = build_reranker(prm_spec(model_config, train.d_feature, train.d_pv))
+    if name == "true_examination":
+        length = config.simulator.list_length
+        examination = torch.from_numpy(click_model.examination(length)).float()
+        model.position_bias.weight.data[:length, 0] = examination.log()
+        model.position_bias.weight.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
+    generator = torch.Generator().manual_seed(config.train.seed)
+    initial = expected_clicks(click_model, valid, -valid.positions.astype(np.float32)).mean()
+    oracle = expected_clicks(click_model, valid, oracle_scores(click_model, valid)).mean()
+    curve = []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        batches = train.iter_batches(config.train.batch_size, shuffle=True, generator=generator)
+        for batch in batches:
+            loss = model.loss(batch, softmax_cross_entropy)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        clicks = expected_clicks(click_model, valid, score_lists(model, valid)).mean()
+        gain = 100 * (clicks - initial) / (oracle - initial)
+        curve.append((validation_loss(model, valid), gain))
+        seconds = time.perf_counter() - started
+        print(f"{name} epoch {epoch}: loss {curve[-1][0]:.4f}, gain {gain:.1f}% ({seconds:.0f} s)")
+    return curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--work", default="runs/position_bias")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    config = load_config(args.config)
+    splits, data_dir = prepared_data(config, Path(args.work))
+    click_model = load_click_model(data_dir)
+    names = args.variants.split(",")
+    curves = {name: train_variant(name, config, splits, click_model, args.epochs) for name in names}
+    print(
+        f"\nPRM on {len(splits['train'])} simulated training lists ({args.config}); per epoch: "
+        "validation softmax cross-entropy / % of the oracle's validation gain\n"
+    )
+    header = ["epoch", *names]
+    rows = [
+        [str(epoch + 1), *(f"{curves[n][epoch][0]:.4f} / {curves[n][epoch][1]:.1f}" for n in names)]
+        for epoch in range(args.epochs)
+    ]
+    print(markdown_table(header, rows))
+
+
+if __name__ == "__main__":
+    main()
