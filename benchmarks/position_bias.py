@@ -12,7 +12,9 @@ initial ranking on the validation lists (what the click model says, hidden from 
 * ``no_pe``: no position anywhere, a permutation-equivariant set scorer;
 * ``tower``: no PE, plus the PAL position-bias tower (a logit offset per logged rank, learned
   with the clicks from zero and dropped when ranking);
-* ``true_examination``: no PE, the tower frozen at the simulator's true log examination
+* ``exploration``: no PE, the tower fixed at the log examination measured on the randomized
+  exploration lists (prm.data.examination);
+* ``true_examination``: no PE, the tower fixed at the simulator's true log examination
   (Eq. 7 of docs/simulator.md). Hidden knowledge: a reference, not a model.
 
 Data and PV come from ``prm simulate`` and ``prm pretrain`` with the config, cached in --work.
@@ -30,7 +32,8 @@ import torch
 
 from prm.config import ExperimentConfig, load_config
 from prm.data.batch import ListDataset
-from prm.data.loaders import load_list_data
+from prm.data.examination import require_examination
+from prm.data.loaders import ListData, load_list_data
 from prm.data.simulator import ClickModel, load_click_model, simulate
 from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
 from prm.evaluation.report import markdown_table
@@ -43,11 +46,12 @@ VARIANTS = {
     "pe": {"use_pe": True, "position_bias_tower": False},
     "no_pe": {"use_pe": False, "position_bias_tower": False},
     "tower": {"use_pe": False, "position_bias_tower": True},
+    "exploration": {"use_pe": False, "position_bias_tower": True},
     "true_examination": {"use_pe": False, "position_bias_tower": True},
 }
 
 
-def prepared_data(config: ExperimentConfig, work: Path) -> tuple[dict[str, ListDataset], Path]:
+def prepared_data(config: ExperimentConfig, work: Path) -> tuple[ListData, Path]:
     """Simulated lists with PV attached, made once per work folder."""
     data_dir, pretrain_dir = work / "data", work / "pretrain"
     if not (data_dir / "stats.json").is_file():
@@ -55,7 +59,7 @@ def prepared_data(config: ExperimentConfig, work: Path) -> tuple[dict[str, ListD
     data = load_list_data(data_dir)
     if not (pretrain_dir / "pv_test.npy").is_file():
         pretrain(config, data, pretrain_dir)
-    return attach_pv(data, pretrain_dir).splits, data_dir
+    return attach_pv(data, pretrain_dir), data_dir
 
 
 @torch.no_grad()
@@ -71,21 +75,21 @@ def validation_loss(model: PRM, valid: ListDataset) -> float:
 def train_variant(
     name: str,
     config: ExperimentConfig,
-    splits: dict[str, ListDataset],
+    data: ListData,
     click_model: ClickModel,
     epochs: int,
 ) -> list[tuple[float, float]]:
     """(validation loss, % of the oracle's validation gain) after each epoch."""
-    train, valid = splits["train"], splits["valid"]
+    train, valid = data.splits["train"], data.splits["valid"]
     train = train.subset(np.flatnonzero(train.has_click()))  # as the Trainer does
     torch.manual_seed(config.train.seed)
     model_config = replace(config.model, **VARIANTS[name])
     model = build_reranker(prm_spec(model_config, train.d_feature, train.d_pv))
-    if name == "true_examination":
-        length = config.simulator.list_length
-        examination = torch.from_numpy(click_model.examination(length)).float()
-        model.position_bias.weight.data[:length, 0] = examination.log()
-        model.position_bias.weight.requires_grad_(False)
+    if name == "exploration":
+        model.fix_position_bias(torch.from_numpy(require_examination(data.examination, name)))
+    elif name == "true_examination":
+        examination = click_model.examination(config.simulator.list_length)
+        model.fix_position_bias(torch.from_numpy(examination).float())
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
     generator = torch.Generator().manual_seed(config.train.seed)
@@ -117,13 +121,13 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     config = load_config(args.config)
-    splits, data_dir = prepared_data(config, Path(args.work))
+    data, data_dir = prepared_data(config, Path(args.work))
     click_model = load_click_model(data_dir)
     names = args.variants.split(",")
-    curves = {name: train_variant(name, config, splits, click_model, args.epochs) for name in names}
+    curves = {name: train_variant(name, config, data, click_model, args.epochs) for name in names}
     print(
-        f"\nPRM on {len(splits['train'])} simulated training lists ({args.config}); per epoch: "
-        "validation softmax cross-entropy / % of the oracle's validation gain\n"
+        f"\nPRM on {len(data.splits['train'])} simulated training lists ({args.config}); "
+        "per epoch: validation softmax cross-entropy / % of the oracle's validation gain\n"
     )
     header = ["epoch", *names]
     rows = [

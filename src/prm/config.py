@@ -37,6 +37,9 @@ class SimulatorConfig:
     n_train_lists: int = 100_000
     n_valid_lists: int = 10_000
     n_test_lists: int = 10_000
+    # Exploration bucket: lists shown in a uniformly random order of the initial top L, logged
+    # apart (lists_explore) so position bias can be measured; 0 logs none.
+    n_explore_lists: int = 5_000
     taste_scale: float = 1.5  # spread of the latent topic affinities
     profile_noise: float = 0.7  # how noisy the profile is as a view of the taste
     initial_personalization: float = 0.25  # weight of the (noisy) taste in the initial ranker
@@ -63,6 +66,9 @@ class PretrainConfig:
     hidden_dims: tuple[int, ...] = (64, 32)  # the last one is d_pv for the deep models
     cross_layers: int = 2  # DCN only
     position_bias_tower: bool = False  # PAL-style rank offset in training, dropped for PV
+    # "learned": the tower is trained with the clicks; "exploration": it is fixed at the log
+    # examination measured on the randomized exploration lists (prm.data.examination).
+    position_bias: Literal["learned", "exploration"] = "learned"
     max_positions: int = 128  # size of that tower: the longest logged list
     epochs: int = 2
     batch_size: int = 4096
@@ -83,6 +89,8 @@ class PRMConfig:
     use_pv: bool = True  # False gives PRM-BASE
     use_pe: bool = True  # learnable embedding of the initial rank
     position_bias_tower: bool = False  # PAL-style click-bias offset per rank, training only
+    # "learned" or "exploration", as PretrainConfig.position_bias
+    position_bias: Literal["learned", "exploration"] = "learned"
     max_positions: int = 128  # size of the PE table: the longest list served
 
 

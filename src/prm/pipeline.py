@@ -18,6 +18,7 @@ import torch
 
 from prm.config import ExperimentConfig, PRMConfig, to_dict
 from prm.data.batch import ListDataset
+from prm.data.examination import require_examination
 from prm.data.loaders import ListData, load_list_data
 from prm.data.simulator import load_click_model, simulate
 from prm.evaluation.evaluate import (
@@ -70,6 +71,7 @@ def pretrain(
         impressions(data.splits["train"]),
         impressions(data.splits["valid"]),
         progress=progress,
+        examination=data.examination,
     )
     save_ctr(model, config.pretrain, out_dir / CTR_MODEL)
     for split, dataset in data.splits.items():
@@ -123,7 +125,10 @@ def train_reranker(
     train = data.splits["train"]
     spec = prm_spec(model_config, train.d_feature, train.d_pv)
     model = build_reranker(spec)
-    if model_config.position_bias_tower:
+    if model_config.position_bias_tower and model_config.position_bias == "exploration":
+        examination = require_examination(data.examination, "training data")
+        model.fix_position_bias(torch.from_numpy(examination).float())
+    elif model_config.position_bias_tower:
         model.init_position_bias(torch.from_numpy(train.click_rate_by_position()))
     trainer = Trainer(
         model,

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prm.data.batch import ListDataset
+from prm.data.examination import EXPLORE, examination_from_randomized
 from prm.data.shards import lists_source, shard_paths
 from prm.pretrain.ctr import CTRTables
 
@@ -194,6 +195,9 @@ class ListData:
     splits: dict[str, ListDataset | ListStream]  # a ListStream only where a caller put one
     ctr_tables: CTRTables
     items: ItemTable
+    # Relative examination per rank, measured on the folder's exploration lists when it has
+    # them (prm.data.examination); None otherwise.
+    examination: np.ndarray | None = None
 
 
 def load_list_data(
@@ -214,4 +218,10 @@ def load_list_data(
     datasets = {
         split: load_lists(lists_source(data_dir, split), items, len(profile)) for split in splits
     }
-    return ListData(splits=datasets, ctr_tables=tables, items=items)
+    explore = lists_source(data_dir, EXPLORE)
+    examination = (
+        examination_from_randomized(load_lists(explore, items, len(profile)))
+        if explore.exists()
+        else None
+    )
+    return ListData(splits=datasets, ctr_tables=tables, items=items, examination=examination)

@@ -19,6 +19,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from prm.config import SimulatorConfig, from_dict, to_dict
+from prm.data.examination import EXPLORE
 from prm.data.shards import ListWriter
 from prm.io import atomic_path, write_json, write_parquet
 
@@ -255,8 +256,11 @@ def simulate_split(
     rng: np.random.Generator,
     progress: bool = True,
     desc: str = "",
+    shuffle: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Logged data for one split, CHUNK lists at a time: users, initial lists, clicks, truth.
+
+    ``shuffle`` shows each initial list in a uniformly random order (the exploration bucket).
 
     Memory holds one chunk, plus the split's user ids (8 bytes a list, drawn up front so a
     seed gives the same data as before chunked writing).
@@ -267,6 +271,8 @@ def simulate_split(
     for start in range(0, n_lists, CHUNK):
         users = user_ids[start : start + CHUNK]
         items = initial_lists(config, world, users, rng)
+        if shuffle:
+            items = rng.permuted(items, axis=1)
         mask = np.ones(items.shape, dtype=bool)
         probabilities = model.click_probabilities(users, items, mask)
         clicks = (rng.random(items.shape) < probabilities).astype(np.int8)
@@ -292,23 +298,31 @@ def _list_column(rows: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
 def simulate(config: SimulatorConfig, out_dir: str | Path, progress: bool = True) -> dict:
     """Write a full simulated dataset to ``out_dir`` and return its statistics.
 
-    Files: ``items.parquet``, ``users.parquet``, ``lists_{train,valid,test}.parquet`` or, with
-    ``config.shard_lists``, ``lists_{train,valid,test}/part-*.parquet`` (observable),
+    Files: ``items.parquet``, ``users.parquet``, ``lists_{train,valid,test,explore}.parquet``
+    or, with ``config.shard_lists``, ``lists_<split>/part-*.parquet`` (observable; explore only
+    with ``n_explore_lists`` > 0),
     ``truth/world.npz`` and ``truth/simulator.json`` (hidden, evaluation only), ``stats.json``.
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    seeds = np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS))
+    splits = (*SPLITS, EXPLORE) if config.n_explore_lists else SPLITS
+    # Spawned seeds depend on their index only: the exploration bucket leaves the others alone.
+    seeds = np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS) + 1)
     world = make_world(config, np.random.default_rng(seeds[0]))
-    n_by_split = dict(
-        zip(SPLITS, (config.n_train_lists, config.n_valid_lists, config.n_test_lists), strict=True)
-    )
+    sizes = (config.n_train_lists, config.n_valid_lists, config.n_test_lists)
+    n_by_split = dict(zip(splits, (*sizes, config.n_explore_lists), strict=False))
     stats: dict = {"config": to_dict(config), "splits": {}}
     list_offset = 0
-    for split, seed in zip(SPLITS, seeds[1:], strict=True):
+    for split, seed in zip(splits, seeds[1:], strict=False):
         sums = dict.fromkeys(("clicks", "with_click", "initial", "oracle"), 0.0)
         chunks = simulate_split(
-            config, world, n_by_split[split], np.random.default_rng(seed), progress, split
+            config,
+            world,
+            n_by_split[split],
+            np.random.default_rng(seed),
+            progress,
+            split,
+            shuffle=split == EXPLORE,
         )
         with ListWriter(out_dir, split, config.shard_lists, LIST_SCHEMA) as writer:
             for chunk in chunks:

@@ -105,6 +105,13 @@ class PRM(Reranker):
         rate = click_rate.clamp(min=1e-6)[: self.config.max_positions]
         self.position_bias.weight[: len(rate), 0] = torch.log(rate / rate[0])
 
+    @torch.no_grad()
+    def fix_position_bias(self, examination: Tensor) -> None:
+        """Hold the tower at log(examination per rank), measured on randomized lists
+        (:mod:`prm.data.examination`): learned from the logs, it also absorbs relevance."""
+        self.init_position_bias(examination)
+        self.position_bias.weight.requires_grad_(False)
+
     def click_logits(self, batch: ListBatch) -> Tensor:
         """(B, L) logits of the click softmax: ranking scores plus the position-bias tower."""
         scores = self(batch)

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from prm.config import PretrainConfig, from_dict, to_dict
+from prm.data.examination import require_examination
 
 N_FIELDS = 4  # profile, history, item_id, item_dense
 
@@ -403,6 +404,15 @@ class PositionBias(nn.Module):
         self.offset.weight.requires_grad_(enabled)
         self.enabled = enabled
 
+    @torch.no_grad()
+    def fix(self, examination: np.ndarray) -> None:
+        """Hold the offsets at log(examination) per rank instead of learning them."""
+        values = torch.as_tensor(np.log(examination), dtype=torch.float32)[
+            : len(self.offset.weight)
+        ]
+        self.offset.weight[: len(values), 0] = values
+        self.offset.weight.requires_grad_(False)
+
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         index = positions if self.enabled else torch.zeros_like(positions)
         return self.offset(index).squeeze(-1)  # (B,)
@@ -441,21 +451,27 @@ def train_ctr(
     train: Impressions,
     valid: Impressions,
     progress: bool = True,
+    examination: np.ndarray | None = None,
 ) -> tuple[CTRModel, list[dict[str, float]]]:
     """Fit a CTR model with Adam and log loss; return the epoch best on validation log loss.
 
     Initialisation and batch order depend on ``config.seed`` alone (the global RNG is left
-    untouched). The history holds one record per epoch.
+    untouched). The history holds one record per epoch. With ``config.position_bias`` set to
+    "exploration", the tower is fixed at log ``examination`` (per rank, measured on randomized
+    lists: :mod:`prm.data.examination`).
     """
     if config.position_bias_tower and train.positions is None:
         raise ValueError("position_bias_tower needs Impressions.positions")
+    fixed_tower = config.position_bias_tower and config.position_bias == "exploration"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_ctr_model(config, tables)
         position_bias = PositionBias(config.max_positions, config.position_bias_tower)
+    if fixed_tower:
+        position_bias.fix(require_examination(examination, "pre-training data"))
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(
-        [*model.parameters(), *position_bias.parameters()],
+        [p for p in (*model.parameters(), *position_bias.parameters()) if p.requires_grad],
         lr=config.lr,
         weight_decay=config.weight_decay,
     )

@@ -105,7 +105,10 @@ class Trainer:
         # Fused: one multi-threaded kernel a step instead of many small ones, whose thread
         # barriers stall when other jobs share the CPU (docs/scaling.md, "CPU notes").
         self.optimizer = torch.optim.Adam(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+            [p for p in model.parameters() if p.requires_grad],
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            fused=True,
         )
         step: nn.Module = LossStep(self.model, self.loss_fn)
         if self.world > 1:
