@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from list_batches import random_list_batch
 from torch import nn
 
 from prm.config import PRMConfig
@@ -24,22 +25,9 @@ CONFIG = PRMConfig(d_model=16, n_heads=2, n_blocks=2, d_ff=32, dropout=0.1, max_
 
 
 def make_batch(lengths: list[int], length: int, *, seed: int = 0) -> ListBatch:
-    """Random lists of the given lengths, padded with zeros to ``length``, one click per list."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(lengths)
-    mask = torch.arange(length) < torch.tensor(lengths)[:, None]  # (B, L)
-    clicked = (torch.rand(n, generator=g) * torch.tensor(lengths)).long()  # (B,)
-    labels = (torch.arange(length) == clicked[:, None]) & mask  # (B, L)
-    ids = torch.arange(n)
-    return ListBatch(
-        features=torch.randn(n, length, D_FEATURE, generator=g) * mask[..., None],
-        pv=torch.randn(n, length, D_PV, generator=g) * mask[..., None],
-        mask=mask,
-        labels=labels.float(),
-        positions=torch.arange(length).expand(n, length) * mask,
-        user_ids=ids,
-        list_ids=ids,
-        item_ids=(torch.arange(length) + 1).expand(n, length) * mask,
+    """Random padded lists, one click per list."""
+    return random_list_batch(
+        lengths, length, d_feature=D_FEATURE, d_pv=D_PV, seed=seed, click="random"
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from list_batches import random_list_batch
 
 from prm.config import ConfigError, TrainConfig
 from prm.data.batch import ListBatch, ListDataset
@@ -50,24 +51,9 @@ def training_loss(model: Reranker, batch: ListBatch) -> torch.Tensor:
 
 
 def make_batch(lengths: list[int], length: int, *, seed: int = 0) -> ListBatch:
-    """Random lists of the given lengths padded with zeros to ``length``; the planted click is
-    the real item with the largest first feature, a fact about the list, not the item alone."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(lengths)
-    mask = torch.arange(length) < torch.tensor(lengths)[:, None]  # (B, L)
-    features = torch.randn(n, length, D_FEATURE, generator=g) * mask[..., None]
-    best = features[..., 0].masked_fill(~mask, float("-inf")).argmax(dim=-1)  # (B,)
-    labels = (torch.arange(length) == best[:, None]) & mask  # (B, L)
-    ids = torch.arange(n)
-    return ListBatch(
-        features=features,
-        pv=torch.randn(n, length, D_PV, generator=g) * mask[..., None],
-        mask=mask,
-        labels=labels.float(),
-        positions=torch.arange(length).expand(n, length) * mask,
-        user_ids=ids,
-        list_ids=ids,
-        item_ids=(torch.arange(length) + 1).expand(n, length) * mask,
+    """Random padded lists, the click is the real item with the largest first feature."""
+    return random_list_batch(
+        lengths, length, d_feature=D_FEATURE, d_pv=D_PV, seed=seed, click="largest_first_feature"
     )
 
 

@@ -91,7 +91,11 @@ class Trainer:
         model_spec: dict[str, Any],
         eval_config: EvalConfig | None = None,
         progress: bool = True,
+        reports: bool = True,
     ) -> None:
+        """``reports=False`` skips the per-epoch metrics.json and training-curve PNG (a suite of
+        hundreds of small runs keeps the history in its own records instead)."""
+        self.reports = reports
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.device = distributed.device(config.device)
         self.model = model.to(self.device)
@@ -162,7 +166,8 @@ class Trainer:
             checkpoint = self._checkpoint()
             if self.rank == 0:
                 save_checkpoint(checkpoint_path, checkpoint)
-                self._write_reports()
+                if self.reports:
+                    self._write_reports()
         if state.best_weights is not None:
             self.model.load_state_dict(state.best_weights)
         return state
