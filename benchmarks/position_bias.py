@@ -1,12 +1,13 @@
 """Can a position-bias term learned from the logs debias PRM? Epoch by epoch, on the simulator.
 
     .venv/bin/python benchmarks/position_bias.py [--config configs/demo.yaml] [--epochs 10]
-        [--work runs/position_bias] [--variants pe,no_pe,tower,true_examination]
+        [--work runs/position_bias] [--variants pe,no_pe,tower,exploration,true_examination]
 
-Trains PRM (with PV, softmax cross-entropy on clicks, a plain Adam loop so that every epoch's
-weights are scored) in four variants and prints, after each epoch, the validation softmax
-cross-entropy (what training can select on) and the share of the oracle's gain over the
-initial ranking on the validation lists (what the click model says, hidden from training):
+Trains PRM (with PV, the config's loss and training settings) in the variants below, epoch by
+epoch with the shared Trainer, and prints after each epoch the Trainer's validation loss (what
+training can select on) and the share of the oracle's gain over the initial ranking on the
+validation lists (what the click model says, hidden from training). Every epoch's weights are
+scored, not only the best ones that ``Trainer.fit`` would keep.
 
 * ``pe``: the paper's input, PE of the initial rank;
 * ``no_pe``: no position anywhere, a permutation-equivariant set scorer;
@@ -31,16 +32,15 @@ import numpy as np
 import torch
 
 from prm.config import ExperimentConfig, load_config
-from prm.data.batch import ListDataset
 from prm.data.examination import require_examination
 from prm.data.loaders import ListData, load_list_data
 from prm.data.simulator import ClickModel, load_click_model, simulate
+from prm.data.streaming import InMemoryLists
 from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
 from prm.evaluation.report import markdown_table
-from prm.models.prm import PRM
 from prm.models.registry import build_reranker, prm_spec
 from prm.pipeline import attach_pv, pretrain
-from prm.training.losses import softmax_cross_entropy
+from prm.training.trainer import Trainer
 
 VARIANTS = {
     "pe": {"use_pe": True, "position_bias_tower": False},
@@ -62,54 +62,38 @@ def prepared_data(config: ExperimentConfig, work: Path) -> tuple[ListData, Path]
     return attach_pv(data, pretrain_dir), data_dir
 
 
-@torch.no_grad()
-def validation_loss(model: PRM, valid: ListDataset) -> float:
-    model.eval()
-    total = 0.0
-    for batch in valid.iter_batches(2048):
-        loss = softmax_cross_entropy(model.click_logits(batch), batch.labels, mask=batch.mask)
-        total += loss.item() * len(batch.mask)
-    return total / len(valid)
-
-
 def train_variant(
     name: str,
     config: ExperimentConfig,
     data: ListData,
     click_model: ClickModel,
     epochs: int,
+    run_dir: Path,
 ) -> list[tuple[float, float]]:
     """(validation loss, % of the oracle's validation gain) after each epoch."""
     train, valid = data.splits["train"], data.splits["valid"]
-    train = train.subset(np.flatnonzero(train.has_click()))  # as the Trainer does
     torch.manual_seed(config.train.seed)
-    model_config = replace(config.model, **VARIANTS[name])
-    model = build_reranker(prm_spec(model_config, train.d_feature, train.d_pv))
+    spec = prm_spec(replace(config.model, **VARIANTS[name]), train.d_feature, train.d_pv)
+    model = build_reranker(spec)
     if name == "exploration":
         model.fix_position_bias(torch.from_numpy(require_examination(data.examination, name)))
     elif name == "true_examination":
         examination = click_model.examination(config.simulator.list_length)
         model.fix_position_bias(torch.from_numpy(examination).float())
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.train.lr)
-    generator = torch.Generator().manual_seed(config.train.seed)
+    trainer = Trainer(model, config.train, run_dir, model_spec=spec, progress=False, reports=False)
+    lists = InMemoryLists(train)
     initial = expected_clicks(click_model, valid, -valid.positions.astype(np.float32)).mean()
     oracle = expected_clicks(click_model, valid, oracle_scores(click_model, valid)).mean()
     curve = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        model.train()
-        batches = train.iter_batches(config.train.batch_size, shuffle=True, generator=generator)
-        for batch in batches:
-            loss = model.loss(batch, softmax_cross_entropy)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        trainer.train_epoch(lists, epoch)
+        loss = trainer.validate(valid)["loss"]
         clicks = expected_clicks(click_model, valid, score_lists(model, valid)).mean()
         gain = 100 * (clicks - initial) / (oracle - initial)
-        curve.append((validation_loss(model, valid), gain))
+        curve.append((loss, gain))
         seconds = time.perf_counter() - started
-        print(f"{name} epoch {epoch}: loss {curve[-1][0]:.4f}, gain {gain:.1f}% ({seconds:.0f} s)")
+        print(f"{name} epoch {epoch}: loss {loss:.4f}, gain {gain:.1f}% ({seconds:.0f} s)")
     return curve
 
 
@@ -124,10 +108,15 @@ def main() -> None:
     data, data_dir = prepared_data(config, Path(args.work))
     click_model = load_click_model(data_dir)
     names = args.variants.split(",")
-    curves = {name: train_variant(name, config, data, click_model, args.epochs) for name in names}
+    work = Path(args.work)
+    curves = {
+        name: train_variant(name, config, data, click_model, args.epochs, work / f"variant_{name}")
+        for name in names
+    }
     print(
         f"\nPRM on {len(data.splits['train'])} simulated training lists ({args.config}); "
-        "per epoch: validation softmax cross-entropy / % of the oracle's validation gain\n"
+        f"per epoch: validation {config.train.loss} (the Trainer's, lists with a click) / "
+        "% of the oracle's validation gain\n"
     )
     header = ["epoch", *names]
     rows = [
