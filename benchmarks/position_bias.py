@@ -42,6 +42,7 @@ from prm.models.registry import build_reranker, prm_spec
 from prm.pipeline import attach_pv, pretrain
 from prm.training.trainer import Trainer
 
+REPORTED_RANKS = (2, 5, 10, 20, 30)
 VARIANTS = {
     "pe": {"use_pe": True, "position_bias_tower": False},
     "no_pe": {"use_pe": False, "position_bias_tower": False},
@@ -76,10 +77,10 @@ def train_variant(
     spec = prm_spec(replace(config.model, **VARIANTS[name]), train.d_feature, train.d_pv)
     model = build_reranker(spec)
     if name == "exploration":
-        model.fix_position_bias(torch.from_numpy(require_examination(data.examination, name)))
+        model.position_bias.fix(require_examination(data.examination, name))
     elif name == "true_examination":
         examination = click_model.examination(config.simulator.list_length)
-        model.fix_position_bias(torch.from_numpy(examination).float())
+        model.position_bias.fix(examination)
     trainer = Trainer(model, config.train, run_dir, model_spec=spec, progress=False, reports=False)
     lists = InMemoryLists(train)
     initial = expected_clicks(click_model, valid, -valid.positions.astype(np.float32)).mean()
@@ -93,8 +94,25 @@ def train_variant(
         gain = 100 * (clicks - initial) / (oracle - initial)
         curve.append((loss, gain))
         seconds = time.perf_counter() - started
-        print(f"{name} epoch {epoch}: loss {loss:.4f}, gain {gain:.1f}% ({seconds:.0f} s)")
+        print(
+            f"{name} epoch {epoch}: loss {loss:.4f}, gain {gain:.1f}% ({seconds:.0f} s)"
+            + tower_offsets(model, click_model)
+        )
     return curve
+
+
+def tower_offsets(model: torch.nn.Module, click_model: ClickModel) -> str:
+    """The tower's offsets at a few ranks beside the true log examination, '' without one."""
+    if model.position_bias is None:
+        return ""
+    ranks = np.array(REPORTED_RANKS)
+    learned = model.position_bias.offset.weight[ranks - 1, 0].detach().numpy()
+    learned -= model.position_bias.offset.weight[0, 0].item()
+    true = np.log(click_model.examination(ranks.max()))[ranks - 1]
+    pairs = ", ".join(
+        f"{r}: {a:.2f} ({b:.2f})" for r, a, b in zip(ranks, learned, true, strict=True)
+    )
+    return f"; tower offset vs rank 1 (true log examination): {pairs}"
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ class SimulatorConfig:
     n_explore_lists: int = 5_000
     taste_scale: float = 1.5  # spread of the latent topic affinities
     profile_noise: float = 0.7  # how noisy the profile is as a view of the taste
-    initial_personalization: float = 0.25  # weight of the (noisy) taste in the initial ranker
+    initial_personalization: float = 0.6  # weight of the history-based taste in the ranker
     initial_noise: float = 0.5  # noise of the initial ranker's score
     position_bias: float = 1.0  # eta in examination = 1 / k^eta (PBM-like decay)
     click_bias: float = -2.5  # intercept: about 2 clicks per 30-item list, ~10% lists unclicked

@@ -127,9 +127,7 @@ def train_reranker(
     model = build_reranker(spec)
     if model_config.position_bias_tower and model_config.position_bias == "exploration":
         examination = require_examination(data.examination, "training data")
-        model.fix_position_bias(torch.from_numpy(examination).float())
-    elif model_config.position_bias_tower:
-        model.init_position_bias(torch.from_numpy(train.click_rate_by_position()))
+        model.position_bias.fix(examination)
     trainer = Trainer(
         model,
         train_config,

@@ -66,8 +66,8 @@ def test_exploration_lists_leave_the_other_splits_alone(tmp_path: Path) -> None:
 def test_fixed_tower_does_not_train() -> None:
     config = PRMConfig(d_model=8, n_heads=2, n_blocks=1, d_ff=16, position_bias_tower=True)
     model = PRM(config, d_feature=2, d_pv=0)
-    model.fix_position_bias(torch.tensor([1.0, 0.5, 0.25]))
-    before = model.position_bias.weight.detach().clone()
+    model.position_bias.fix(torch.tensor([1.0, 0.5, 0.25]))
+    before = model.position_bias.offset.weight.detach().clone()
     np.testing.assert_allclose(before[:3, 0].numpy(), np.log([1.0, 0.5, 0.25]), rtol=1e-6)
     labels = np.zeros((4, 3))
     labels[:, 2] = 1
@@ -75,4 +75,4 @@ def test_fixed_tower_does_not_train() -> None:
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model.loss(batch, softmax_cross_entropy).backward()
     optimizer.step()
-    assert torch.equal(model.position_bias.weight, before)
+    assert torch.equal(model.position_bias.offset.weight, before)

@@ -9,7 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from prm.config import SimulatorConfig
-from prm.data.simulator import ClickModel, load_click_model, make_world, simulate
+from prm.data.simulator import (
+    ClickModel,
+    diversified_scores,
+    history_log_share,
+    load_click_model,
+    make_world,
+    simulate,
+)
 
 SMALL = SimulatorConfig(
     n_users=200, n_items=300, n_topics=5, list_length=8, candidate_pool=20,
@@ -27,6 +34,23 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path: Path) -> None:
     a = pq.read_table(tmp_path / "a" / "lists_train.parquet")
     c = pq.read_table(tmp_path / "c" / "lists_train.parquet")
     assert not a.equals(c)
+
+
+def test_initial_ranker_taste_is_the_smoothed_history_share() -> None:
+    world = make_world(SMALL, np.random.default_rng(0))
+    topic_items = [np.flatnonzero(world.item_topic == t) for t in range(SMALL.n_topics)]
+    history = np.stack(
+        [
+            np.resize(topic_items[0], SMALL.history_length),  # all clicks on topic 0
+            np.concatenate([topic_items[t][:1] for t in range(SMALL.n_topics)] * 4),  # uniform
+        ]
+    )
+    world = replace(world, history=history)
+    share = history_log_share(world, np.array([0, 1]))
+    smoothing = SMALL.history_length + SMALL.n_topics
+    assert share[0, 0] == pytest.approx(np.log((SMALL.history_length + 1) / smoothing))
+    assert np.allclose(share[0, 1:], np.log(1 / smoothing))
+    assert np.allclose(share[1], np.log(5 / smoothing))
 
 
 def test_files_and_stats(tiny_data_dir: Path, tiny_config) -> None:
@@ -85,6 +109,19 @@ def test_padding_changes_nothing(click_model: ClickModel) -> None:
         click_model.expected_clicks(users, padded_items, padded_mask),
         click_model.expected_clicks(users, items, mask),
     )
+
+
+def test_one_pass_diversified_sort_is_the_greedy_oracle_without_lift() -> None:
+    world = make_world(SMALL, np.random.default_rng(0))
+    no_lift = ClickModel(world, replace(SMALL, lift_weight=0.0))
+    rng = np.random.default_rng(4)
+    users = rng.integers(0, SMALL.n_users, 200)
+    items = np.stack([rng.choice(SMALL.n_items, 8, replace=False) for _ in range(200)])
+    alone = np.zeros(items.shape)
+    point_wise = no_lift.attractiveness_logit(users, items, alone, alone)
+    key = diversified_scores(point_wise, world.item_topic[items], world.saturation[users, None])
+    greedy = no_lift.greedy_oracle(users, items, np.ones_like(items, dtype=bool))
+    np.testing.assert_array_equal(np.argsort(-key, axis=1, kind="stable"), greedy)
 
 
 def test_greedy_oracle_is_a_permutation_that_beats_random_orders(click_model: ClickModel) -> None:

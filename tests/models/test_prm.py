@@ -322,30 +322,11 @@ def test_position_bias_tower_enters_the_loss_but_not_the_ranking() -> None:
     plain = make_model(use_pe=False).eval()
     towered = make_model(use_pe=False, position_bias_tower=True).eval()
     towered.load_state_dict(plain.state_dict(), strict=False)
-    rate = torch.tensor([0.4, 0.2, 0.1, 0.1, 0.05, 0.05])
-    towered.init_position_bias(rate)
+    examination = torch.tensor([1.0, 0.5, 0.25, 0.25, 0.125, 0.125])
+    towered.position_bias.fix(examination)
     torch.testing.assert_close(towered(batch), plain(batch))
     offsets = towered.click_logits(batch) - towered(batch)
     real = batch.mask
-    expected = torch.log(rate / rate[0])[batch.positions]
+    expected = torch.log(examination)[batch.positions]
     torch.testing.assert_close(offsets[real], expected[real])
     assert torch.isneginf(towered.click_logits(batch)[~real]).all()
-
-
-def test_click_rate_by_position_counts_real_items_of_clicked_lists() -> None:
-    from prm.data.batch import ListDataset
-
-    mask = np.array([[1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=bool)
-    labels = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0]], dtype=np.float32)  # list 2: no click
-    n, length = mask.shape
-    data = ListDataset(
-        features=np.zeros((n, length, 1), np.float32),
-        pv=np.zeros((n, length, 0), np.float32),
-        mask=mask,
-        labels=labels,
-        positions=np.tile(np.arange(length), (n, 1)),
-        user_ids=np.zeros(n, np.int64),
-        list_ids=np.arange(n),
-        item_ids=np.zeros((n, length), np.int64),
-    )
-    np.testing.assert_allclose(data.click_rate_by_position(), [0.5, 0.5, 1.0])

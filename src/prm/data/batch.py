@@ -90,14 +90,6 @@ class ListDataset:
         """(N,) bool: lists with at least one positive label at a real item."""
         return ((self.labels > 0) & self.mask).any(axis=1)
 
-    def click_rate_by_position(self) -> np.ndarray:
-        """(L,) share of real items clicked at each slot, over the lists with a click (the
-        lists re-rankers train on); 0 where no such list reaches the slot."""
-        counted = self.mask & self.has_click()[:, None]
-        real = counted.sum(axis=0)
-        clicks = (counted & (self.labels > 0)).sum(axis=0)
-        return np.divide(clicks, real, out=np.zeros(len(real)), where=real > 0)
-
     def batch(self, index: np.ndarray) -> ListBatch:
         """Tensors for the lists at ``index``."""
         return ListBatch(

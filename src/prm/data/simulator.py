@@ -131,6 +131,21 @@ class ClickModel:
         return order
 
 
+def diversified_scores(
+    score: np.ndarray, topics: np.ndarray, saturation: float | np.ndarray
+) -> np.ndarray:
+    """(N, L) ``score`` less ``saturation`` (scalar or (N, 1)) per same-topic item scoring higher.
+
+    Sorting by it gives the order of the greedy rule (Eq. 10) without lift: greedy placement
+    takes a topic's items in score order, so the items of its topic above a placed item are
+    exactly the better ones. One pass over the set, then a sort: a permutation-equivariant
+    re-ranker such as PRM can express the oracle's diversification.
+    """
+    same_topic = topics[:, :, None] == topics[:, None, :]
+    better = score[:, None, :] > score[:, :, None]
+    return score - saturation * (same_topic & better).sum(axis=2)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -217,6 +232,19 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def history_log_share(world: World, user_ids: np.ndarray) -> np.ndarray:
+    """Eq. 6: (N, T) log of each topic's smoothed share of the user's click history.
+
+    What an upstream ranker can know of a taste: it learns from the same logs as the
+    re-ranker, so it cannot read the hidden theta_u.
+    """
+    n_topics = len(world.topic_popularity)
+    history_topics = world.item_topic[world.history[user_ids]]
+    counts = np.zeros((len(user_ids), n_topics))
+    np.add.at(counts, (np.arange(len(user_ids))[:, None], history_topics), 1.0)
+    return np.log((counts + 1.0) / (history_topics.shape[1] + n_topics))
+
+
 def initial_lists(
     config: SimulatorConfig, world: World, user_ids: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
@@ -238,10 +266,10 @@ def initial_lists(
         raise RuntimeError("candidate pool smaller than list_length; raise candidate_pool")
 
     noisy_quality = world.item_dense[pool, -1]
-    noisy_taste = world.taste[user_ids[:, None], world.item_topic[pool]]
+    observed_taste = history_log_share(world, user_ids)
     score = (
         noisy_quality
-        + c.initial_personalization * noisy_taste
+        + c.initial_personalization * np.take_along_axis(observed_taste, world.item_topic[pool], 1)
         + c.initial_noise * rng.standard_normal(pool.shape)
     )
     score = np.where(in_pool, score, -np.inf)

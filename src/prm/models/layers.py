@@ -1,4 +1,5 @@
-"""The encoding layer's parts: multi-head self-attention, feed-forward network, encoder block.
+"""The encoding layer's parts (multi-head self-attention, feed-forward network, encoder block)
+and the position-bias tower that PRM and the CTR model share in training.
 
 Shapes: ``B`` lists, ``L`` slots per list, ``d`` = ``d_model``, ``h`` heads of ``d_k = d / h``.
 ``mask`` is (B, L) bool, True at real items; padded items are never attended to.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -97,3 +100,30 @@ class EncoderBlock(nn.Module):
         x = self.norm_attention(x + self.dropout(attended))
         x = self.norm_ffn(x + self.dropout(self.ffn(x)))
         return x, weights
+
+
+class PositionBias(nn.Module):
+    """A click-logit offset per shown rank: the position-bias tower of PAL (Guo et al., RecSys
+    2019), trained beside a model on logged clicks and dropped when ranking.
+
+    Logged clicks mix "the user likes the item" with "the item was shown high"; the tower takes
+    the second so the model learns the first. It starts at zero (no bias); ``fix`` holds it at
+    an examination curve measured elsewhere, e.g. on randomized lists (prm.data.examination).
+    """
+
+    def __init__(self, max_positions: int) -> None:
+        super().__init__()
+        self.offset = nn.Embedding(max_positions, 1)
+        nn.init.zeros_(self.offset.weight)
+
+    @torch.no_grad()
+    def fix(self, examination: Tensor | np.ndarray) -> None:
+        """Hold the offsets at log(examination) per rank instead of learning them."""
+        values = torch.log(torch.as_tensor(examination, dtype=torch.float32))
+        values = values[: len(self.offset.weight)]
+        self.offset.weight[: len(values), 0] = values
+        self.offset.weight.requires_grad_(False)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """Offsets of the given 0-based ranks, any shape -> the same shape."""
+        return self.offset(positions).squeeze(-1)

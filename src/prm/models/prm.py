@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from prm.config import PRMConfig
 from prm.data.batch import ListBatch
 from prm.models.base import Reranker
-from prm.models.layers import EncoderBlock
+from prm.models.layers import EncoderBlock, PositionBias
 
 
 class InputLayer(nn.Module):
@@ -88,37 +88,18 @@ class PRM(Reranker):
             for _ in range(config.n_blocks)
         )
         self.output = OutputLayer(config.d_model)
-        if config.position_bias_tower:
-            # Position-bias tower (Guo et al., PAL, RecSys 2019): a logit offset per initial
-            # rank, trained with the clicks and dropped when ranking, so the examination bias
-            # of the logged positions is absorbed here instead of in the ranking scores.
-            self.position_bias = nn.Embedding(config.max_positions, 1)
-            nn.init.zeros_(self.position_bias.weight)
-
-    @torch.no_grad()
-    def init_position_bias(self, click_rate: Tensor) -> None:
-        """Start the tower at log(click rate at rank k / at rank 0), measured on the logs.
-
-        From zero, Adam moves each offset by about ``lr`` a step, so a tower that must reach
-        log(1/30) would need thousands of steps; the logged rates start it near its answer.
-        """
-        rate = click_rate.clamp(min=1e-6)[: self.config.max_positions]
-        self.position_bias.weight[: len(rate), 0] = torch.log(rate / rate[0])
-
-    @torch.no_grad()
-    def fix_position_bias(self, examination: Tensor) -> None:
-        """Hold the tower at log(examination per rank), measured on randomized lists
-        (:mod:`prm.data.examination`): learned from the logs, it also absorbs relevance."""
-        self.init_position_bias(examination)
-        self.position_bias.weight.requires_grad_(False)
+        # Trained with the clicks, dropped when ranking (layers.PositionBias).
+        self.position_bias = (
+            PositionBias(config.max_positions) if config.position_bias_tower else None
+        )
 
     def click_logits(self, batch: ListBatch) -> Tensor:
         """(B, L) logits of the click softmax: ranking scores plus the position-bias tower."""
         scores = self(batch)
-        if not self.config.position_bias_tower:
+        if self.position_bias is None:
             return scores
         positions = torch.where(batch.mask, batch.positions, torch.zeros_like(batch.positions))
-        return scores + self.position_bias(positions).squeeze(-1)  # (B, L)
+        return scores + self.position_bias(positions)  # (B, L)
 
     def forward(self, batch: ListBatch) -> Tensor:
         """(B, L) score logits, -inf at padded slots so sorting and softmax skip them."""

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from prm.config import PretrainConfig, from_dict, to_dict
 from prm.data.examination import require_examination
+from prm.models.layers import PositionBias
 
 N_FIELDS = 4  # profile, history, item_id, item_dense
 
@@ -389,35 +390,6 @@ def _tensors(data: Impressions) -> tuple[torch.Tensor, ...]:
     )
 
 
-class PositionBias(nn.Module):
-    """A click-logit offset per shown rank, trained beside the CTR model and then dropped.
-
-    Position-bias tower of PAL (Guo et al., RecSys 2019): logged clicks mix "the user likes the
-    item" with "the item was shown high". The tower absorbs the second, so the CTR model, and
-    so PV, describe the first. Without a tower the offset is a constant 0.
-    """
-
-    def __init__(self, max_positions: int, enabled: bool) -> None:
-        super().__init__()
-        self.offset = nn.Embedding(max_positions if enabled else 1, 1)
-        nn.init.zeros_(self.offset.weight)
-        self.offset.weight.requires_grad_(enabled)
-        self.enabled = enabled
-
-    @torch.no_grad()
-    def fix(self, examination: np.ndarray) -> None:
-        """Hold the offsets at log(examination) per rank instead of learning them."""
-        values = torch.as_tensor(np.log(examination), dtype=torch.float32)[
-            : len(self.offset.weight)
-        ]
-        self.offset.weight[: len(values), 0] = values
-        self.offset.weight.requires_grad_(False)
-
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        index = positions if self.enabled else torch.zeros_like(positions)
-        return self.offset(index).squeeze(-1)  # (B,)
-
-
 @torch.no_grad()
 def evaluate_ctr(
     model: CTRModel,
@@ -427,10 +399,9 @@ def evaluate_ctr(
 ) -> dict[str, float]:
     """Log loss and AUC of the click predictions on ``data`` (with the tower, if given)."""
     users, items, clicks, positions = _tensors(data)
-    position_bias = position_bias or PositionBias(1, enabled=False)
     logits = torch.cat(
         [
-            model(u, i) + position_bias(p)
+            _click_logits(model, position_bias, u, i, p)
             for u, i, p in zip(
                 users.split(batch_size),
                 items.split(batch_size),
@@ -443,6 +414,18 @@ def evaluate_ctr(
         "log_loss": F.binary_cross_entropy_with_logits(logits, clicks).item(),
         "auc": roc_auc(logits.numpy(), clicks.numpy()),
     }
+
+
+def _click_logits(
+    model: CTRModel,
+    position_bias: PositionBias | None,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """The CTR model's logits, plus the tower's offsets of the shown ranks in training."""
+    logits = model(users, items)
+    return logits if position_bias is None else logits + position_bias(positions)
 
 
 def train_ctr(
@@ -466,12 +449,13 @@ def train_ctr(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_ctr_model(config, tables)
-        position_bias = PositionBias(config.max_positions, config.position_bias_tower)
+        position_bias = PositionBias(config.max_positions) if config.position_bias_tower else None
     if fixed_tower:
         position_bias.fix(require_examination(examination, "pre-training data"))
     generator = torch.Generator().manual_seed(config.seed)
+    tower_parameters = () if position_bias is None else tuple(position_bias.parameters())
     optimizer = torch.optim.Adam(
-        [p for p in (*model.parameters(), *position_bias.parameters()) if p.requires_grad],
+        [p for p in (*model.parameters(), *tower_parameters) if p.requires_grad],
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
@@ -483,7 +467,9 @@ def train_ctr(
         batches = torch.randperm(len(train), generator=generator).split(config.batch_size)
         total = torch.zeros(())
         for index in tqdm(batches, desc=f"{config.model} epoch {epoch}", disable=not progress):
-            logits = model(users[index], items[index]) + position_bias(positions[index])
+            logits = _click_logits(
+                model, position_bias, users[index], items[index], positions[index]
+            )
             loss = F.binary_cross_entropy_with_logits(logits, clicks[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
