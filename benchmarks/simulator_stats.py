@@ -19,6 +19,7 @@ from prm.data.simulator import (
     ClickModel,
     World,
     diversified_scores,
+    history_topic_counts,
     initial_lists,
     make_world,
 )
@@ -31,14 +32,12 @@ def history_taste(config: SimulatorConfig, world: World, users: np.ndarray) -> n
     so the log-posterior is sum_t c_t theta_t - H logsumexp(theta) - |theta|^2 / (2 s^2);
     it is concave, and gradient ascent finds its maximum.
     """
-    topics = world.item_topic[world.history[users]]  # (N, H)
-    counts = np.zeros((len(users), config.n_topics))
-    np.add.at(counts, (np.arange(len(users))[:, None], topics), 1.0)
+    counts = history_topic_counts(world, users)
     taste = np.zeros_like(counts)
     for _ in range(300):
         shown = np.exp(taste - taste.max(axis=1, keepdims=True))
         shown /= shown.sum(axis=1, keepdims=True)
-        taste += 0.05 * (counts - topics.shape[1] * shown - taste / config.taste_scale**2)
+        taste += 0.05 * (counts - config.history_length * shown - taste / config.taste_scale**2)
     return taste
 
 

@@ -232,17 +232,23 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def history_topic_counts(world: World, user_ids: np.ndarray) -> np.ndarray:
+    """(N, T) how many of each user's history clicks fall on each topic (observable)."""
+    history_topics = world.item_topic[world.history[user_ids]]
+    counts = np.zeros((len(user_ids), len(world.topic_popularity)))
+    np.add.at(counts, (np.arange(len(user_ids))[:, None], history_topics), 1.0)
+    return counts
+
+
 def history_log_share(world: World, user_ids: np.ndarray) -> np.ndarray:
     """Eq. 6: (N, T) log of each topic's smoothed share of the user's click history.
 
     What an upstream ranker can know of a taste: it learns from the same logs as the
     re-ranker, so it cannot read the hidden theta_u.
     """
-    n_topics = len(world.topic_popularity)
-    history_topics = world.item_topic[world.history[user_ids]]
-    counts = np.zeros((len(user_ids), n_topics))
-    np.add.at(counts, (np.arange(len(user_ids))[:, None], history_topics), 1.0)
-    return np.log((counts + 1.0) / (history_topics.shape[1] + n_topics))
+    counts = history_topic_counts(world, user_ids)
+    n_clicks, n_topics = world.history.shape[1], counts.shape[1]
+    return np.log((counts + 1.0) / (n_clicks + n_topics))
 
 
 def initial_lists(
