@@ -1,7 +1,8 @@
 """Can a position-bias term learned from the logs debias PRM? Epoch by epoch, on the simulator.
 
     .venv/bin/python benchmarks/position_bias.py [--config configs/demo.yaml] [--epochs 10]
-        [--work runs/position_bias] [--variants pe,no_pe,tower,exploration,true_examination]
+        [--work runs/position_bias]
+        [--variants pe,no_pe,tower,pe_tower,exploration,true_examination,pe_true_examination]
 
 Trains PRM (with PV, the config's loss and training settings) in the variants below, epoch by
 epoch with the shared Trainer, and prints after each epoch the Trainer's validation loss (what
@@ -13,10 +14,12 @@ scored, not only the best ones that ``Trainer.fit`` would keep.
 * ``no_pe``: no position anywhere, a permutation-equivariant set scorer;
 * ``tower``: no PE, plus the PAL position-bias tower (a logit offset per logged rank, learned
   with the clicks from zero and dropped when ranking);
+* ``pe_tower``: PE of the initial rank and the learned tower, which compete for the rank;
 * ``exploration``: no PE, the tower fixed at the log examination measured on the randomized
   exploration lists (prm.data.examination);
 * ``true_examination``: no PE, the tower fixed at the simulator's true log examination
-  (Eq. 7 of docs/simulator.md). Hidden knowledge: a reference, not a model.
+  (Eq. 7 of docs/simulator.md). Hidden knowledge: a reference, not a model;
+* ``pe_true_examination``: PE, and the tower fixed at the true log examination (a reference).
 
 Data and PV come from ``prm simulate`` and ``prm pretrain`` with the config, cached in --work.
 """
@@ -43,12 +46,15 @@ from prm.pipeline import attach_pv, pretrain
 from prm.training.trainer import Trainer
 
 REPORTED_RANKS = (2, 5, 10, 20, 30)
+# name: (PE of the initial rank, tower: None, "learned", "exploration" or "true").
 VARIANTS = {
-    "pe": {"use_pe": True, "position_bias_tower": False},
-    "no_pe": {"use_pe": False, "position_bias_tower": False},
-    "tower": {"use_pe": False, "position_bias_tower": True},
-    "exploration": {"use_pe": False, "position_bias_tower": True},
-    "true_examination": {"use_pe": False, "position_bias_tower": True},
+    "pe": (True, None),
+    "no_pe": (False, None),
+    "tower": (False, "learned"),
+    "pe_tower": (True, "learned"),
+    "exploration": (False, "exploration"),
+    "true_examination": (False, "true"),
+    "pe_true_examination": (True, "true"),
 }
 
 
@@ -74,13 +80,14 @@ def train_variant(
     """(validation loss, % of the oracle's validation gain) after each epoch."""
     train, valid = data.splits["train"], data.splits["valid"]
     torch.manual_seed(config.train.seed)
-    spec = prm_spec(replace(config.model, **VARIANTS[name]), train.d_feature, train.d_pv)
+    use_pe, tower = VARIANTS[name]
+    model_config = replace(config.model, use_pe=use_pe, position_bias_tower=tower is not None)
+    spec = prm_spec(model_config, train.d_feature, train.d_pv)
     model = build_reranker(spec)
-    if name == "exploration":
+    if tower == "exploration":
         model.position_bias.fix(require_examination(data.examination, name))
-    elif name == "true_examination":
-        examination = click_model.examination(config.simulator.list_length)
-        model.position_bias.fix(examination)
+    elif tower == "true":
+        model.position_bias.fix(click_model.examination(config.simulator.list_length))
     trainer = Trainer(model, config.train, run_dir, model_spec=spec, progress=False, reports=False)
     lists = InMemoryLists(train)
     initial = expected_clicks(click_model, valid, -valid.positions.astype(np.float32)).mean()

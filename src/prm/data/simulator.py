@@ -87,15 +87,21 @@ class ClickModel:
 
         Real items must come first in each row (padding at the end), as in every list we show.
         """
+        same, lifted = self.list_context(item_ids, mask)
+        z = self.attractiveness_logit(user_ids, item_ids, same, lifted)
+        p = self.examination(item_ids.shape[1]) * _sigmoid(z)
+        return np.where(mask, p, 0.0)
+
+    def list_context(self, item_ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. 8's context of each item in display order, (N, L) each: n, the number of real
+        items above it with its topic, and whether one above it has a topic that lifts it."""
         topics = self.world.item_topic[item_ids]
         onehot = np.zeros((*item_ids.shape, self.config.n_topics), dtype=np.float32)
         np.put_along_axis(onehot, topics[..., None], mask[..., None].astype(np.float32), axis=2)
         above = np.cumsum(onehot, axis=1) - onehot  # (N, L, T) real items strictly above
         same = np.take_along_axis(above, topics[..., None], axis=2)[..., 0]
         lifted = np.take_along_axis((above > 0) @ self.world.lift, topics[..., None], axis=2)
-        z = self.attractiveness_logit(user_ids, item_ids, same, lifted[..., 0] > 0)
-        p = self.examination(item_ids.shape[1]) * _sigmoid(z)
-        return np.where(mask, p, 0.0)
+        return same, lifted[..., 0] > 0
 
     def expected_clicks(
         self, user_ids: np.ndarray, item_ids: np.ndarray, mask: np.ndarray
