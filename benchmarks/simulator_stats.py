@@ -74,7 +74,8 @@ def expected_same_topic_above(
     quality = world.item_dense[items, -1]
     topics = world.item_topic[items]
     same_topic = topics[:, :, None] == topics[:, None, :]
-    above = norm.cdf((quality[:, None, :] - quality[:, :, None]) / (config.initial_noise * 2**0.5))
+    spread = max(config.initial_noise * 2**0.5, 1e-9)  # a noiseless ranker: a hard count
+    above = norm.cdf((quality[:, None, :] - quality[:, :, None]) / spread)
     return (same_topic * above).sum(axis=2) - 0.5  # less the item itself, Phi(0) = 1/2
 
 
