@@ -98,6 +98,18 @@ def test_position_bias_and_topic_saturation(click_model: ClickModel) -> None:
     assert exam[0] > exam[1] > exam[2]
 
 
+def test_list_context_counts_real_items_above(click_model: ClickModel) -> None:
+    world = click_model.world
+    topic0, topic1 = (np.flatnonzero(world.item_topic == t) for t in (0, 1))
+    items = np.array([[topic0[0], topic0[1], topic1[0], topic0[2], topic0[3]]])
+    mask = np.array([[True, True, True, True, False]])  # the last slot is padding
+    same, lifted = click_model.list_context(items, mask)
+    np.testing.assert_array_equal(same[0, :4], [0, 1, 0, 2])
+    topics = world.item_topic[items[0]]
+    expected_lift = [world.lift[topics[:k], topics[k]].any() for k in range(4)]
+    np.testing.assert_array_equal(lifted[0, :4], expected_lift)
+
+
 def test_padding_changes_nothing(click_model: ClickModel) -> None:
     rng = np.random.default_rng(2)
     users = rng.integers(0, SMALL.n_users, 4)
