@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from prm.config import ExperimentConfig, load_config
+from prm.data.batch import ListDataset
 from prm.data.examination import require_examination
 from prm.data.loaders import ListData, load_list_data
 from prm.data.simulator import ClickModel, load_click_model, simulate
@@ -78,7 +79,7 @@ def train_variant(
     run_dir: Path,
 ) -> list[tuple[float, float]]:
     """(validation loss, % of the oracle's validation gain) after each epoch."""
-    train, valid = data.splits["train"], data.splits["valid"]
+    train = data.splits["train"]
     torch.manual_seed(config.train.seed)
     use_pe, tower = VARIANTS[name]
     model_config = replace(config.model, use_pe=use_pe, position_bias_tower=tower is not None)
@@ -90,22 +91,37 @@ def train_variant(
         model.position_bias.fix(click_model.examination(config.simulator.list_length))
     trainer = Trainer(model, config.train, run_dir, model_spec=spec, progress=False, reports=False)
     lists = InMemoryLists(train)
+    return [
+        scored_epoch(trainer, lists, data.splits["valid"], click_model, epoch, name)
+        for epoch in range(1, epochs + 1)
+    ]
+
+
+def scored_epoch(
+    trainer: Trainer,
+    train: InMemoryLists,
+    valid: ListDataset,
+    click_model: ClickModel,
+    epoch: int,
+    label: str,
+) -> tuple[float, float]:
+    """Train one epoch, print and return (validation loss, % of the oracle's validation gain).
+
+    The validation lists are scored from their initial order, as in the demo.
+    """
+    started = time.perf_counter()
+    trainer.train_epoch(train, epoch)
+    loss = trainer.validate(valid)["loss"]
     initial = expected_clicks(click_model, valid, -valid.positions.astype(np.float32)).mean()
     oracle = expected_clicks(click_model, valid, oracle_scores(click_model, valid)).mean()
-    curve = []
-    for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
-        trainer.train_epoch(lists, epoch)
-        loss = trainer.validate(valid)["loss"]
-        clicks = expected_clicks(click_model, valid, score_lists(model, valid)).mean()
-        gain = 100 * (clicks - initial) / (oracle - initial)
-        curve.append((loss, gain))
-        seconds = time.perf_counter() - started
-        print(
-            f"{name} epoch {epoch}: loss {loss:.4f}, gain {gain:.1f}% ({seconds:.0f} s)"
-            + tower_offsets(model, click_model)
-        )
-    return curve
+    clicks = expected_clicks(click_model, valid, score_lists(trainer.model, valid)).mean()
+    gain = 100 * (clicks - initial) / (oracle - initial)
+    seconds = time.perf_counter() - started
+    print(
+        f"{label} epoch {epoch}: loss {loss:.4f}, gain {gain:.1f}% ({seconds:.0f} s)"
+        + tower_offsets(trainer.model, click_model)
+    )
+    return loss, gain
 
 
 def tower_offsets(model: torch.nn.Module, click_model: ClickModel) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from prm.data.batch import ListDataset
 from prm.data.loaders import DataError, load_items, load_list_data, load_lists
+from prm.evaluation.metrics import rank_order
 
 
 def test_round_trip_matches_the_parquet_rows(tiny_data_dir: Path, tiny_config) -> None:
@@ -95,3 +96,26 @@ def test_dataset_batches_cover_every_list_once(tiny_data_dir: Path) -> None:
         [b.list_ids for b in data.iter_batches(64, shuffle=True, generator=torch.Generator())]
     )
     assert sorted(seen.tolist()) == sorted(data.list_ids.tolist())
+
+
+def test_shown_in_order_moves_every_slot_field_with_its_item() -> None:
+    item_ids = np.array([[10, 11, 12, 13], [20, 21, 22, 0]])
+    lists = ListDataset(
+        features=item_ids[..., None].astype(np.float32) * np.ones(2, np.float32),
+        pv=-item_ids[..., None].astype(np.float32),
+        mask=np.array([[True] * 4, [True, True, True, False]]),
+        labels=(item_ids % 2).astype(np.float32),
+        positions=np.array([[0, 1, 2, 3], [0, 1, 2, 3]]),
+        user_ids=np.array([7, 8]),
+        list_ids=np.array([0, 1]),
+        item_ids=item_ids,
+    )
+    scores = np.array([[0.1, 0.4, 0.3, 0.2], [0.0, 0.5, 0.9, 9.9]])  # 9.9 on a padded slot
+    shown = lists.shown_in_order(rank_order(scores, lists.mask, lists.positions))
+    np.testing.assert_array_equal(shown.item_ids, [[11, 12, 13, 10], [22, 21, 20, 0]])
+    np.testing.assert_array_equal(shown.mask[1], [True, True, True, False])
+    np.testing.assert_array_equal(shown.features[..., 1], shown.item_ids)
+    np.testing.assert_array_equal(shown.pv[..., 0], -shown.item_ids)
+    np.testing.assert_array_equal(shown.labels, shown.item_ids % 2)
+    np.testing.assert_array_equal(shown.positions, [[0, 1, 2, 3], [0, 1, 2, 3]])
+    np.testing.assert_array_equal(shown.user_ids, lists.user_ids)

@@ -80,6 +80,25 @@ class ListDataset:
         """The lists at ``index`` (integer or boolean), as a new dataset."""
         return ListDataset(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
+    def shown_in_order(self, order: np.ndarray) -> ListDataset:
+        """The lists with their slots in ``order`` ((N, L) slot indices, top first, as
+        ``evaluation.metrics.rank_order`` gives), each slot's position now its rank there: how
+        a list is logged once a re-ranker has shown it in that order."""
+
+        def reorder(values: np.ndarray) -> np.ndarray:
+            index = order.reshape(order.shape + (1,) * (values.ndim - 2))  # (N, L, 1, ...)
+            return np.take_along_axis(values, index, axis=1)
+
+        return replace(
+            self,
+            features=reorder(self.features),
+            pv=reorder(self.pv),
+            mask=reorder(self.mask),
+            labels=reorder(self.labels),
+            positions=np.broadcast_to(np.arange(self.list_length), self.mask.shape).copy(),
+            item_ids=reorder(self.item_ids),
+        )
+
     def with_pv(self, pv: np.ndarray) -> ListDataset:
         return replace(self, pv=np.asarray(pv, dtype=np.float32))
 
