@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from position_bias import prepared_data, scored_epoch
+from position_bias import curve_table, prepared_data, scored_epoch
 
 from prm.config import ExperimentConfig, load_config
 from prm.data.batch import ListDataset
@@ -31,7 +31,6 @@ from prm.data.simulator import ClickModel, load_click_model
 from prm.data.streaming import InMemoryLists
 from prm.evaluation.evaluate import score_lists
 from prm.evaluation.metrics import rank_order
-from prm.evaluation.report import markdown_table
 from prm.models.registry import build_reranker, prm_spec
 from prm.training.trainer import Trainer
 
@@ -85,13 +84,13 @@ def main() -> None:
     data, data_dir = prepared_data(config, work)
     click_model = load_click_model(data_dir)
     train, valid = data.splits["train"], data.splits["valid"]
-    curves = []
+    curves = {}
     for round_ in range(1, args.rounds + 1):
         curve, scores = train_round(
             config, train, valid, click_model, args.epochs, work / f"round_{round_}",
             f"round {round_}",
         )  # fmt: skip
-        curves.append(curve)
+        curves[f"round {round_}"] = curve
         if round_ < args.rounds:
             train = logged_in_order(train, scores, click_model, seed=round_ + 1)
             print(
@@ -102,12 +101,7 @@ def main() -> None:
         f"\nPRM ({args.config}) retrained on the logs of its own lists; per epoch: validation "
         f"{config.train.loss} / % of the oracle's validation gain\n"
     )
-    header = ["epoch", *(f"round {r}" for r in range(1, args.rounds + 1))]
-    rows = [
-        [str(epoch + 1), *(f"{c[epoch][0]:.4f} / {c[epoch][1]:.1f}" for c in curves)]
-        for epoch in range(args.epochs)
-    ]
-    print(markdown_table(header, rows))
+    print(curve_table(curves))
 
 
 if __name__ == "__main__":

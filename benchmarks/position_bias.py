@@ -124,6 +124,16 @@ def scored_epoch(
     return loss, gain
 
 
+def curve_table(curves: dict[str, list[tuple[float, float]]]) -> str:
+    """Markdown: a row per epoch, a column per curve, cells "validation loss / % gain"."""
+    epochs = len(next(iter(curves.values())))
+    rows = [
+        [str(epoch + 1), *(f"{c[epoch][0]:.4f} / {c[epoch][1]:.1f}" for c in curves.values())]
+        for epoch in range(epochs)
+    ]
+    return markdown_table(["epoch", *curves], rows)
+
+
 def tower_offsets(model: torch.nn.Module, click_model: ClickModel) -> str:
     """The tower's offsets at a few ranks beside the true log examination, '' without one."""
     if model.position_bias is None:
@@ -159,12 +169,7 @@ def main() -> None:
         f"per epoch: validation {config.train.loss} (the Trainer's, lists with a click) / "
         "% of the oracle's validation gain\n"
     )
-    header = ["epoch", *names]
-    rows = [
-        [str(epoch + 1), *(f"{curves[n][epoch][0]:.4f} / {curves[n][epoch][1]:.1f}" for n in names)]
-        for epoch in range(args.epochs)
-    ]
-    print(markdown_table(header, rows))
+    print(curve_table(curves))
 
 
 if __name__ == "__main__":
