@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from position_bias import curve_table, prepared_data, scored_epoch
+from position_bias import OracleGain, curve_table, prepared_data, scored_epoch
 
 from prm.config import ExperimentConfig, load_config
 from prm.data.batch import ListDataset
@@ -61,10 +61,10 @@ def train_round(
     trainer = Trainer(
         build_reranker(spec), config.train, run_dir, model_spec=spec, progress=False, reports=False
     )
-    lists = InMemoryLists(train)
+    lists, gain = InMemoryLists(train), OracleGain(click_model, valid)
     curve, deployed_scores = [], None
     for epoch in range(1, max(epochs, config.train.epochs) + 1):
-        point = scored_epoch(trainer, lists, valid, click_model, epoch, label)
+        point = scored_epoch(trainer, lists, valid, gain, epoch, label)
         if epoch <= epochs:
             curve.append(point)
         if epoch == config.train.epochs:

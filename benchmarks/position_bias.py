@@ -90,18 +90,33 @@ def train_variant(
     elif tower == "true":
         model.position_bias.fix(click_model.examination(config.simulator.list_length))
     trainer = Trainer(model, config.train, run_dir, model_spec=spec, progress=False, reports=False)
-    lists = InMemoryLists(train)
+    lists, valid = InMemoryLists(train), data.splits["valid"]
+    gain = OracleGain(click_model, valid)
     return [
-        scored_epoch(trainer, lists, data.splits["valid"], click_model, epoch, name)
-        for epoch in range(1, epochs + 1)
+        scored_epoch(trainer, lists, valid, gain, epoch, name) for epoch in range(1, epochs + 1)
     ]
+
+
+class OracleGain:
+    """% of the oracle's gain over the initial order that scores give on ``valid``; the initial
+    and the oracle's expected clicks are computed once, not after every epoch."""
+
+    def __init__(self, click_model: ClickModel, valid: ListDataset) -> None:
+        self.click_model, self.valid = click_model, valid
+        initial_scores = -valid.positions.astype(np.float32)
+        self.initial = expected_clicks(click_model, valid, initial_scores).mean()
+        self.oracle = expected_clicks(click_model, valid, oracle_scores(click_model, valid)).mean()
+
+    def __call__(self, scores: np.ndarray) -> float:
+        clicks = expected_clicks(self.click_model, self.valid, scores).mean()
+        return 100 * (clicks - self.initial) / (self.oracle - self.initial)
 
 
 def scored_epoch(
     trainer: Trainer,
     train: InMemoryLists,
     valid: ListDataset,
-    click_model: ClickModel,
+    oracle_gain: OracleGain,
     epoch: int,
     label: str,
 ) -> tuple[float, float]:
@@ -112,14 +127,11 @@ def scored_epoch(
     started = time.perf_counter()
     trainer.train_epoch(train, epoch)
     loss = trainer.validate(valid)["loss"]
-    initial = expected_clicks(click_model, valid, -valid.positions.astype(np.float32)).mean()
-    oracle = expected_clicks(click_model, valid, oracle_scores(click_model, valid)).mean()
-    clicks = expected_clicks(click_model, valid, score_lists(trainer.model, valid)).mean()
-    gain = 100 * (clicks - initial) / (oracle - initial)
+    gain = oracle_gain(score_lists(trainer.model, valid))
     seconds = time.perf_counter() - started
     print(
         f"{label} epoch {epoch}: loss {loss:.4f}, gain {gain:.1f}% ({seconds:.0f} s)"
-        + tower_offsets(trainer.model, click_model)
+        + tower_offsets(trainer.model, oracle_gain.click_model)
     )
     return loss, gain
 

@@ -161,6 +161,7 @@ def main() -> None:
     logged_same, _ = model.list_context(items, mask)
     expected_same = expected_same_topic_above(config, world, items)
     learned_quality = click_quality(config, world, model, rng)
+    saturation_from_profile = profile_saturation(config, world, users)
     estimates = {
         "hidden truth (taste, quality, saturation of each user)": (
             model.attractiveness_logit(users, items, no_context, no_context),
@@ -169,11 +170,11 @@ def main() -> None:
         "history taste, E[q] from the feature, mean saturation": (observed, config.saturation_mean),
         "history taste, E[q] from the feature, saturation from the profile": (
             observed,
-            profile_saturation(config, world, users),
+            saturation_from_profile,
         ),
         "history taste, quality from the training clicks (upper bound), profile saturation": (
             config.relevance_weight * history + config.quality_weight * learned_quality[items],
-            profile_saturation(config, world, users),
+            saturation_from_profile,
         ),
     }
     rows = [
