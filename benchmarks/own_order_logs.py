@@ -1,6 +1,6 @@
 """Does PRM learn more from the logs of lists it showed itself? Round by round, on the simulator.
 
-    .venv/bin/python benchmarks/own_order_logs.py [--config configs/demo.yaml] [--work runs/obs]
+    .venv/bin/python benchmarks/own_order_logs.py [--config configs/demo_v1.yaml] [--work runs/obs]
         [--rounds 3] [--epochs 8]
 
 Round 1 trains PRM (the config's model and training settings) on the simulator's logs: the
@@ -74,7 +74,7 @@ def train_round(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--config", default="configs/demo_v1.yaml")
     parser.add_argument("--work", default="runs/own_order_logs")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=8)

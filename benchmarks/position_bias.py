@@ -1,6 +1,6 @@
 """Can a position-bias term learned from the logs debias PRM? Epoch by epoch, on the simulator.
 
-    .venv/bin/python benchmarks/position_bias.py [--config configs/demo.yaml] [--epochs 10]
+    .venv/bin/python benchmarks/position_bias.py [--config configs/demo_v1.yaml] [--epochs 10]
         [--work runs/position_bias]
         [--variants pe,no_pe,tower,pe_tower,exploration,true_examination,pe_true_examination]
 
@@ -162,7 +162,7 @@ def tower_offsets(model: torch.nn.Module, click_model: ClickModel) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--config", default="configs/demo_v1.yaml")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--work", default="runs/position_bias")
     parser.add_argument("--variants", default=",".join(VARIANTS))

@@ -25,7 +25,7 @@ from prm.data.simulator import (
     diversified_scores,
     history_topic_counts,
     initial_lists,
-    make_world,
+    simulated_world,
 )
 from prm.evaluation.report import markdown_table
 
@@ -115,8 +115,7 @@ def main() -> None:
     parser.add_argument("--lists", type=int, default=10_000)
     args = parser.parse_args()
     config = (load_config(args.config) if args.config else ExperimentConfig()).simulator
-    rng = np.random.default_rng(config.seed)
-    world = make_world(config, rng)
+    world, rng = simulated_world(config)  # the world of `prm simulate` with this config
     model = ClickModel(world, config)
     users = rng.integers(0, config.n_users, args.lists)
     items = initial_lists(config, world, users, rng)

@@ -70,6 +70,15 @@ class PretrainConfig:
     # examination measured on the randomized exploration lists (prm.data.examination).
     position_bias: Literal["learned", "exploration"] = "learned"
     max_positions: int = 128  # size of that tower: the longest logged list
+    # A user-item cross field: log share of the user's history clicks on the item's topic.
+    topic_affinity: bool = False
+    # Train with each click's logged list context (same-topic items above it, times a learned
+    # per-user saturation that joins PV); see prm.pretrain.ctr.
+    list_context: bool = False
+    # Learn an embedding per item id. Off, items are seen through their features alone: the
+    # model cannot memorize the training clicks of single items, which PV would carry into
+    # the re-ranker's training lists but not into new ones (docs/simulator.md).
+    item_ids: bool = True
     epochs: int = 2
     batch_size: int = 4096
     lr: float = 2e-3
@@ -89,9 +98,38 @@ class PRMConfig:
     use_pv: bool = True  # False gives PRM-BASE
     use_pe: bool = True  # learnable embedding of the initial rank
     position_bias_tower: bool = False  # PAL-style click-bias offset per rank, training only
-    # "learned" or "exploration", as PretrainConfig.position_bias
-    position_bias: Literal["learned", "exploration"] = "learned"
+    # "learned" or "exploration", as PretrainConfig.position_bias, or "evaluator": fixed at the
+    # examination the evaluator learned (the context-aware click model, trained first)
+    position_bias: Literal["learned", "exploration", "evaluator"] = "learned"
     max_positions: int = 128  # size of the PE table: the longest list served
+    # > 0: the first topic_columns features are a one-hot topic; X then gets log(1 + items of
+    # the list with the item's topic), a list-level feature (models/prm.py)
+    topic_columns: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    """The evaluator-generator re-ranker (rankers/evaluator_generator.py): a context-aware
+    click model trained on the logs, and the beam search that ranks under it."""
+
+    d_hidden: int = 64  # width of the evaluator's item representation
+    use_pv: bool = True
+    beam_width: int = 1  # partial lists kept per step; 1 is greedy placement
+    max_positions: int = 128  # ranks the examination term covers: the longest list served
+    topic_columns: int = 0  # as PRMConfig.topic_columns: the list's topic count as an input
+
+
+@dataclass(frozen=True)
+class EvaluatorTraining:
+    """How the demo trains the evaluator (other keys come from ``train``)."""
+
+    epochs: int = 8
+    lr: float = 5e-3
+    lr_schedule: Literal["constant", "linear"] = "linear"
+    batch_size: int = 256
+    # Add the randomized exploration lists to its training lists: there rank is independent
+    # of appeal, which separates examination from relevance (docs/simulator.md).
+    with_exploration: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,10 +139,14 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 256
     lr: float = 1e-3
+    # "linear": the rate falls linearly to 0 over ``epochs``, so the last epochs settle
+    # instead of swinging (PRM's ranking moved by several points from one epoch to the next).
+    lr_schedule: Literal["constant", "linear"] = "constant"
     weight_decay: float = 0.0
     patience: int = 3  # epochs without validation improvement before stopping
-    # On validation lists, never on test: a ranking metric against logged clicks (maximised)
-    # or "loss", the held-out click likelihood (minimised).
+    # On validation lists, never on test: a ranking metric against logged clicks (maximised),
+    # "loss", the held-out click likelihood (minimised), or "estimated_clicks", the evaluator's
+    # prediction of the clicks of the validation lists in the model's order (maximised).
     selection_metric: str = "ndcg@10"
     loss: Literal["softmax_ce", "list_mle", "approx_ndcg"] = "softmax_ce"  # training/losses.py
     seed: int = 0
@@ -128,6 +170,8 @@ class ExperimentConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     model: PRMConfig = field(default_factory=PRMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    evaluator_training: EvaluatorTraining = field(default_factory=EvaluatorTraining)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 
 

@@ -6,9 +6,11 @@ so a notebook can run the same steps with the same artifacts.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from prm.config import ExperimentConfig, PRMConfig, to_dict
-from prm.data.batch import ListDataset
-from prm.data.examination import require_examination
+from prm.config import EvalConfig, ExperimentConfig, PRMConfig, TrainConfig, to_dict
+from prm.data.batch import ListDataset, concat_lists, same_topic_above
+from prm.data.examination import EXPLORE
 from prm.data.loaders import ListData, load_list_data
+from prm.data.shards import lists_source
 from prm.data.simulator import load_click_model, simulate
+from prm.evaluation.estimate import EstimatedClicks
 from prm.evaluation.evaluate import (
     expected_clicks,
     oracle_scores,
@@ -30,6 +34,7 @@ from prm.evaluation.evaluate import (
 from prm.evaluation.metrics import lists_with_click
 from prm.evaluation.significance import mean_std, paired_test
 from prm.io import atomic_path, write_json
+from prm.models.evaluator import ContextClickModel
 from prm.models.registry import build_reranker, prm_spec
 from prm.pretrain.ctr import (
     Impressions,
@@ -38,38 +43,39 @@ from prm.pretrain.ctr import (
     save_ctr,
     train_ctr,
 )
+from prm.rankers.evaluator_generator import GeneratorEvaluator
 from prm.training.checkpoint import load_checkpoint
 from prm.training.trainer import CHECKPOINT, Trainer
 
 CTR_MODEL = "ctr_model.pt"
+EVALUATOR = "generator_evaluator"  # the registered kind and the demo's row name
 
 
-def impressions(dataset: ListDataset) -> Impressions:
-    """Every real (user, item, click) of a split, the pre-training examples."""
+def impressions(dataset: ListDataset, item_topic: np.ndarray) -> Impressions:
+    """Every real (user, item, click) of a split, the pre-training examples, with the rank and
+    the same-topic items above it in the logged list."""
     users = np.broadcast_to(dataset.user_ids[:, None], dataset.mask.shape)
+    context = same_topic_above(item_topic[dataset.item_ids], dataset.mask)
     return Impressions(
         user_ids=users[dataset.mask],
         item_ids=dataset.item_ids[dataset.mask],
         clicks=dataset.labels[dataset.mask],
         positions=dataset.positions[dataset.mask],
+        same_topic_above=context[dataset.mask],
     )
 
 
 def pretrain(
     config: ExperimentConfig, data: ListData, out_dir: str | Path, progress: bool = True
 ) -> dict:
-    """Train the CTR model on the training lists, then cache PV of every list of every split.
-
-    PV is standardized with the training split's mean and std per dimension (stored in the
-    model file), so it enters PRM on the same scale as the item features.
-    """
+    """Train the CTR model on the training lists, then cache PV of every list of every split."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, history = train_ctr(
         config.pretrain,
         data.ctr_tables,
-        impressions(data.splits["train"]),
-        impressions(data.splits["valid"]),
+        impressions(data.splits["train"], data.items.topic),
+        impressions(data.splits["valid"], data.items.topic),
         progress=progress,
         examination=data.examination,
     )
@@ -108,6 +114,48 @@ def load_reranker(run_dir: str | Path) -> torch.nn.Module:
     return model.eval()
 
 
+def fit(
+    spec: dict[str, Any],
+    train_config: TrainConfig,
+    train: ListDataset,
+    valid: ListDataset,
+    run_dir: str | Path,
+    *,
+    eval_config: EvalConfig,
+    resume: bool = False,
+    progress: bool = True,
+    estimator: Callable[[np.ndarray, ListDataset], float] | None = None,
+    examination: np.ndarray | None = None,
+) -> torch.nn.Module:
+    """Build the re-ranker of ``spec`` (seeded by ``train_config.seed``), train it with the
+    shared Trainer and return its best-on-validation weights, in eval mode. A PAL tower
+    configured as fixed is held at ``examination``."""
+    torch.manual_seed(train_config.seed)
+    model = build_reranker(spec)
+    config = spec["config"]
+    fixed = config.get("position_bias") in ("exploration", "evaluator")
+    if config.get("position_bias_tower") and fixed:
+        if examination is None:
+            raise ValueError(
+                f"position_bias {config['position_bias']!r} needs its examination curve: the "
+                "exploration lists (lists_explore) or a trained evaluator (--evaluator)"
+            )
+        model.position_bias.fix(examination)
+    elif isinstance(model, GeneratorEvaluator) and examination is not None:
+        model.evaluator.start_examination_at(examination)
+    trainer = Trainer(
+        model,
+        train_config,
+        run_dir,
+        model_spec=spec,
+        eval_config=eval_config,
+        progress=progress,
+        estimator=estimator,
+    )
+    trainer.fit(train, valid, resume=resume)
+    return trainer.model.eval()
+
+
 def train_reranker(
     config: ExperimentConfig,
     data: ListData,
@@ -117,27 +165,78 @@ def train_reranker(
     seed: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    estimator: Callable[[np.ndarray, ListDataset], float] | None = None,
+    evaluator: ContextClickModel | None = None,
 ) -> torch.nn.Module:
-    """Train PRM (or PRM-BASE with ``use_pv=False``) and return the best-on-validation model."""
+    """Train PRM (or PRM-BASE with ``use_pv=False``) and return the best-on-validation model.
+
+    ``evaluator`` (a trained context-aware click model) gives the examination curve for
+    ``position_bias: evaluator``.
+    """
     model_config = model_config or config.model
+    examination = data.examination
+    if model_config.position_bias == "evaluator":
+        if evaluator is None:
+            raise ValueError("model.position_bias 'evaluator' needs a trained evaluator")
+        examination = evaluator.relative_examination(model_config.max_positions)
     train_config = config.train if seed is None else replace(config.train, seed=seed)
-    torch.manual_seed(train_config.seed)
     train = data.splits["train"]
-    spec = prm_spec(model_config, train.d_feature, train.d_pv)
-    model = build_reranker(spec)
-    if model_config.position_bias_tower and model_config.position_bias == "exploration":
-        examination = require_examination(data.examination, "training data")
-        model.position_bias.fix(examination)
-    trainer = Trainer(
-        model,
+    return fit(
+        prm_spec(model_config, train.d_feature, train.d_pv),
         train_config,
+        train,
+        data.splits["valid"],
         run_dir,
-        model_spec=spec,
         eval_config=config.evaluate,
+        resume=resume,
         progress=progress,
+        estimator=estimator,
+        examination=examination,
     )
-    trainer.fit(data.splits["train"], data.splits["valid"], resume=resume)
-    return trainer.model.eval()
+
+
+def train_evaluator(
+    config: ExperimentConfig,
+    data: ListData,
+    run_dir: str | Path,
+    *,
+    exploration: ListDataset | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> GeneratorEvaluator:
+    """Train the evaluator-generator re-ranker on the training lists (every list, clicked or
+    not, plus ``exploration`` if given) and return it; its ``evaluator`` is the click model
+    that estimates the clicks of any ordering from the logs."""
+    settings = config.evaluator_training
+    train = data.splits["train"]
+    if exploration is not None and settings.with_exploration:
+        train = concat_lists([train, exploration])
+    train_config = replace(
+        config.train,
+        epochs=settings.epochs,
+        lr=settings.lr,
+        lr_schedule=settings.lr_schedule,
+        batch_size=settings.batch_size,
+        patience=settings.epochs,
+        selection_metric="loss",
+    )
+    spec = {
+        "kind": EVALUATOR,
+        "config": to_dict(config.evaluator),
+        "d_feature": train.d_feature,
+        "d_pv": train.d_pv,
+    }
+    return fit(
+        spec,
+        train_config,
+        train,
+        data.splits["valid"],
+        run_dir,
+        eval_config=config.evaluate,
+        resume=resume,
+        progress=progress,
+        examination=data.examination,
+    )
 
 
 def measure(
@@ -211,68 +310,119 @@ def machine() -> str:
     )
 
 
-def demo(config: ExperimentConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """simulate → pre-train PV → train PRM-BASE and PRM per seed → compare on the test lists."""
+def demo_splits(data_dir: str | Path) -> tuple[str, ...]:
+    """The splits the demo reads: train, valid, test, and the exploration bucket if logged."""
+    has_bucket = lists_source(data_dir, EXPLORE).exists()
+    return ("train", "valid", "test", EXPLORE) if has_bucket else ("train", "valid", "test")
+
+
+def fit_demo(
+    config: ExperimentConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True
+) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
+    """Everything the demo learns, from the logs alone (``data_dir/truth`` is never read).
+
+    Pre-trains PV; trains the evaluator-generator; trains PRM-BASE and PRM once per seed,
+    each choosing its epoch by the evaluator's estimate of the validation lists' clicks.
+    Returns the test scores of every ordering (one array per seed) and a report of the
+    selections and timings.
+    """
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    data_dir = out_dir / "data"
-    simulate(config.simulator, data_dir, progress=progress)
-    timings["simulate"] = time.perf_counter() - started
-
     step = time.perf_counter()
-    data = load_list_data(data_dir)
+    data = load_list_data(data_dir, splits=demo_splits(data_dir))
     pretrain(config, data, out_dir / "pretrain", progress=progress)
     data = attach_pv(data, out_dir / "pretrain")
     timings["pretrain"] = time.perf_counter() - step
 
+    step = time.perf_counter()
+    generator = train_evaluator(
+        config,
+        data,
+        out_dir / "runs" / EVALUATOR,
+        exploration=data.splits.get(EXPLORE),
+        progress=progress,
+    )
+    estimator = EstimatedClicks(generator.evaluator, device=config.train.device)
+    timings["evaluator"] = time.perf_counter() - step
+
     test = data.splits["test"]
-    click_model = load_click_model(data_dir)
     ctr_model = load_ctr(out_dir / "pretrain" / CTR_MODEL)
     with torch.no_grad():
-        ctr_scores = (
-            ctr_model(
-                torch.from_numpy(np.repeat(test.user_ids, test.list_length)),
-                torch.from_numpy(test.item_ids.ravel()),
-            )
-            .reshape(test.mask.shape)
-            .numpy()
-        )
-    fixed = {
-        "initial": -test.positions.astype(np.float32),
-        "ctr_sort": ctr_scores,
-        "oracle": oracle_scores(click_model, test),
+        ctr_scores = ctr_model(
+            torch.from_numpy(np.repeat(test.user_ids, test.list_length)),
+            torch.from_numpy(test.item_ids.ravel()),
+        ).reshape(test.mask.shape)
+    scores: dict[str, list[np.ndarray]] = {
+        "initial": [-test.positions.astype(np.float32)],
+        "ctr_sort": [ctr_scores.numpy()],
+        EVALUATOR: [score_lists(generator, test, device=config.train.device)],
     }
-    per_model_seeds = {
-        name: [run] for name, run in measure(fixed, test, config, click_model).items()
-    }
-
+    selected: dict[str, list[dict[str, Any]]] = {}
     step = time.perf_counter()
     variants = {"prm_base": replace(config.model, use_pv=False), "prm": config.model}
     for name, model_config in variants.items():
-        per_model_seeds[name] = []
+        scores[name], selected[name] = [], []
         for seed in config.seeds:
+            run_dir = out_dir / "runs" / f"{name}_seed{seed}"
             model = train_reranker(
                 config,
                 data,
-                out_dir / "runs" / f"{name}_seed{seed}",
+                run_dir,
                 model_config=model_config,
                 seed=seed,
                 progress=progress,
+                estimator=estimator,
+                evaluator=generator.evaluator,
             )
-            scores = {name: score_lists(model, test, device=config.train.device)}
-            per_model_seeds[name].append(measure(scores, test, config, click_model)[name])
+            scores[name].append(score_lists(model, test, device=config.train.device))
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            selected[name].append({k: v for k, v in metrics.items() if k != "history"})
     timings["train"] = time.perf_counter() - step
+    return scores, {"selected": selected, "seconds": timings}
 
-    order = ["initial", "ctr_sort", "prm_base", "prm", "oracle"]
+
+CLAIMS = [
+    ("prm", "prm_base"),
+    ("prm_base", "initial"),
+    ("prm", "initial"),
+    ("prm", "ctr_sort"),
+    (EVALUATOR, "prm"),
+]
+
+
+def grade_demo(
+    config: ExperimentConfig, scores: dict[str, list[np.ndarray]], data_dir: str | Path
+) -> dict:
+    """The test lists' true expected clicks of every ordering, the greedy oracle's beside
+    them, and the paired tests of :data:`CLAIMS`: the only step that reads ``truth/``."""
+    test = load_list_data(data_dir, splits=("test",)).splits["test"]
+    click_model = load_click_model(data_dir)
+    scores = {**scores, "oracle": [oracle_scores(click_model, test)]}
+    per_model_seeds = {
+        name: [measure({name: s}, test, config, click_model)[name] for s in runs]
+        for name, runs in scores.items()
+    }
+    order = ["initial", "ctr_sort", "prm_base", "prm", EVALUATOR, "oracle"]
     results = compare({name: per_model_seeds[name] for name in order}, test)
-    results["tests"] = pairwise_tests(
-        per_model_seeds,
-        [("prm", "prm_base"), ("prm_base", "initial"), ("prm", "initial"), ("prm", "ctr_sort")],
-    )
+    results["tests"] = pairwise_tests(per_model_seeds, CLAIMS)
     results["map_convention"] = config.evaluate.map_convention
+    return results
+
+
+def demo(config: ExperimentConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """simulate → pre-train PV → train the evaluator-generator, PRM-BASE and PRM per seed
+    (selected on the logs) → grade every ordering on the test lists with the hidden truth."""
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    data_dir = out_dir / "data"
+    simulate(config.simulator, data_dir, progress=progress)
+    simulated = time.perf_counter() - started
+    scores, report = fit_demo(config, data_dir, out_dir, progress=progress)
+    results = grade_demo(config, scores, data_dir)
+    results["selected"] = report["selected"]
     results["machine"] = machine()
-    results["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    seconds = {"simulate": simulated, **report["seconds"]}
+    results["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     results["seconds"]["total"] = round(time.perf_counter() - started, 1)
     results["config"] = to_dict(config)
     write_json(out_dir / "results.json", results)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from prm.cli.main import main
 
@@ -22,7 +23,19 @@ def test_simulate_pretrain_train_evaluate(tmp_path: Path, capsys: pytest.Capture
     )
     assert {p.name for p in pv.iterdir()} >= {"ctr_model.pt", "pv_train.npy", "pv_test.npy"}
     args = ["--config", TINY, "--data", str(data), "--pv", str(pv), "--quiet"]
-    assert main(["train", *args, "--out", str(run)]) == 0
+    evaluator = tmp_path / "evaluator"
+    assert main(["train", *args, "--model", "generator_evaluator", "--out", str(evaluator)]) == 0
+    # The demo's way: epochs chosen by the evaluator's estimate, the tower at its examination.
+    as_demo = yaml.safe_load(Path(TINY).read_text())
+    as_demo["train"]["selection_metric"] = "estimated_clicks"
+    as_demo["model"]["position_bias"] = "evaluator"
+    demo_config = tmp_path / "as_demo.yaml"
+    demo_config.write_text(yaml.safe_dump(as_demo))
+    args = ["--config", str(demo_config), *args[2:]]
+    assert main(["train", *args, "--out", str(run)]) == 2  # it needs the evaluator
+    assert main(["train", *args, "--evaluator", str(evaluator), "--out", str(run)]) == 0
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert all("valid_estimated_clicks" in row for row in history)
     assert main(["evaluate", *args, "--run", str(run)]) == 0
     metrics = json.loads((run / "eval_test.json").read_text())
     assert {"ndcg@10", "map@10", "p@5", "expected_clicks"} <= metrics.keys()
@@ -32,7 +45,14 @@ def test_simulate_pretrain_train_evaluate(tmp_path: Path, capsys: pytest.Capture
 def test_demo_writes_the_results_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--config", TINY, "--out", str(tmp_path), "--quiet"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert list(results["models"]) == ["initial", "ctr_sort", "prm_base", "prm", "oracle"]
+    assert list(results["models"]) == [
+        "initial",
+        "ctr_sort",
+        "prm_base",
+        "prm",
+        "generator_evaluator",
+        "oracle",
+    ]
     for row in results["models"].values():
         assert {"expected_clicks", "oracle_gain_pct", "ndcg@10", "map@10"} <= row.keys()
     assert results["models"]["oracle"]["oracle_gain_pct"] == pytest.approx(100)

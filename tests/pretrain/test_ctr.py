@@ -11,7 +11,9 @@ import torch
 
 from prm.config import PretrainConfig
 from prm.pretrain.ctr import (
-    N_FIELDS,
+    BASE_FIELDS as N_FIELDS,
+)
+from prm.pretrain.ctr import (
     CTRTables,
     Impressions,
     build_ctr_model,

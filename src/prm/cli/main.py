@@ -31,9 +31,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from prm.data.loaders import load_list_data
-    from prm.pipeline import pretrain
+    from prm.pipeline import demo_splits, pretrain
 
-    report = pretrain(_config(args), load_list_data(args.data), args.out, progress=not args.quiet)
+    data = load_list_data(args.data, splits=demo_splits(args.data))
+    report = pretrain(_config(args), data, args.out, progress=not args.quiet)
     print(json.dumps(report["history"][-1], indent=2))
     print(f"wrote the CTR model and PV caches to {args.out}")
 
@@ -46,22 +47,41 @@ def cmd_train(args: argparse.Namespace) -> None:
     train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
     config = replace(config, train=train)
     model_config = replace(config.model, use_pv=False) if args.base else config.model
+    if args.model == "generator_evaluator":
+        if args.base or args.stream or args.evaluator:
+            raise ConfigError(
+                "--model generator_evaluator takes none of --base, --stream, --evaluator"
+            )
+        model_config = replace(model_config, use_pv=config.evaluator.use_pv)
     if model_config.use_pv and not args.pv:
         raise ConfigError("PRM with use_pv needs --pv DIR (from `prm pretrain`); or pass --base")
     if model_config.use_pv and args.stream:
         raise ConfigError("--stream trains PRM-BASE only (PV caches are in memory); add --base")
+    needs_evaluator = (
+        train.selection_metric == "estimated_clicks" or model_config.position_bias == "evaluator"
+    )
+    if needs_evaluator and args.model == "prm" and not args.evaluator:
+        raise ConfigError(
+            "train.selection_metric 'estimated_clicks' and model.position_bias 'evaluator' "
+            "need --evaluator DIR, a run of `prm train --model generator_evaluator`"
+        )
     launch(args.nproc, _train, config, model_config, args, backend=backend_for(train.device))
 
 
 def _train(config: ExperimentConfig, model_config: PRMConfig, args: argparse.Namespace) -> None:
     """`prm train` in one training process (of ``--nproc`` or torchrun's)."""
+    from prm.data.examination import EXPLORE
     from prm.data.loaders import load_list_data
     from prm.data.shards import lists_source
     from prm.data.streaming import ListStream
-    from prm.pipeline import attach_pv, train_reranker
+    from prm.evaluation.estimate import EstimatedClicks
+    from prm.pipeline import attach_pv, load_reranker, train_evaluator, train_reranker
     from prm.training.distributed import rank
 
-    data = load_list_data(args.data, splits=("valid",) if args.stream else ("train", "valid"))
+    splits = ("valid",) if args.stream else ("train", "valid")
+    if args.model == "generator_evaluator" and lists_source(args.data, EXPLORE).exists():
+        splits = (*splits, EXPLORE)
+    data = load_list_data(args.data, splits=splits)
     if model_config.use_pv:
         data = attach_pv(data, args.pv)
     if args.stream:
@@ -72,15 +92,29 @@ def _train(config: ExperimentConfig, model_config: PRMConfig, args: argparse.Nam
             buffer_lists=config.train.shuffle_buffer,
         )
         data = replace(data, splits={**data.splits, "train": stream})
-    train_reranker(
-        config,
-        data,
-        args.out,
-        model_config=model_config,
-        seed=args.seed,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    if args.model == "generator_evaluator":
+        train_evaluator(
+            config,
+            data,
+            args.out,
+            exploration=data.splits.get(EXPLORE),
+            resume=args.resume,
+            progress=not args.quiet,
+        )
+    else:
+        evaluator = load_reranker(args.evaluator).evaluator if args.evaluator else None
+        estimator = EstimatedClicks(evaluator) if evaluator is not None else None
+        train_reranker(
+            config,
+            data,
+            args.out,
+            model_config=model_config,
+            seed=args.seed,
+            resume=args.resume,
+            progress=not args.quiet,
+            estimator=estimator,
+            evaluator=evaluator,
+        )
     if rank() == 0:
         metrics = json.loads((Path(args.out) / "metrics.json").read_text())
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
@@ -151,8 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data", required=True, help="dataset folder")
     sub.add_argument("--out", required=True, help="output folder")
 
-    sub = command("train", cmd_train, "train PRM (or PRM-BASE with --base)")
+    sub = command(
+        "train",
+        cmd_train,
+        "train PRM (PRM-BASE with --base), or the evaluator-generator re-ranker",
+    )
     sub.add_argument("--data", required=True, help="dataset folder")
+    sub.add_argument(
+        "--model",
+        choices=["prm", "generator_evaluator"],
+        default="prm",
+        help="prm: PRM or PRM-BASE; generator_evaluator: the click model that predicts the "
+        "clicks of any order, and ranks by searching for the order it predicts best",
+    )
+    sub.add_argument(
+        "--evaluator",
+        help="run folder of a trained generator_evaluator: its predicted clicks of the "
+        "validation lists choose the epoch (train.selection_metric: estimated_clicks)",
+    )
     sub.add_argument("--pv", help="folder written by `prm pretrain`")
     sub.add_argument("--out", required=True, help="run folder (checkpoint, metrics, curve)")
     sub.add_argument("--base", action="store_true", help="PRM-BASE: no personalized vectors")

@@ -144,3 +144,33 @@ def pad_lists(
         out[i, : len(row)] = row
         mask[i, : len(row)] = True
     return out, mask
+
+
+def same_topic_above(topics: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N, L) float32: how many real items above each slot (in slot order) share its topic."""
+    length = topics.shape[1]
+    above = np.tri(length, length, -1, dtype=bool)  # [i, j]: slot j is above slot i
+    out = np.empty(topics.shape, dtype=np.float32)
+    for start in range(0, len(topics), 4096):
+        t, m = topics[start : start + 4096], mask[start : start + 4096]
+        same = (t[:, :, None] == t[:, None, :]) & above & m[:, None, :]
+        out[start : start + 4096] = same.sum(axis=2) * m
+    return out
+
+
+def concat_lists(parts: list[ListDataset]) -> ListDataset:
+    """The lists of ``parts`` one after another, padded to one length (the longest)."""
+    if len(parts) == 1:
+        return parts[0]
+    length = max(part.list_length for part in parts)
+
+    def padded(part: ListDataset, name: str) -> np.ndarray:
+        values = getattr(part, name)
+        if name in ("user_ids", "list_ids") or part.list_length == length:
+            return values
+        width = [(0, 0)] * values.ndim
+        width[1] = (0, length - part.list_length)
+        return np.pad(values, width)
+
+    names = [f.name for f in fields(ListDataset)]
+    return ListDataset(**{n: np.concatenate([padded(p, n) for p in parts]) for n in names})

@@ -213,7 +213,11 @@ def load_list_data(
     items = load_items(data_dir / "items.parquet")
     profile, history, history_mask = load_users(data_dir / "users.parquet", len(items.topic))
     tables = CTRTables(
-        profile=profile, history=history, history_mask=history_mask, item_features=items.features
+        profile=profile,
+        history=history,
+        history_mask=history_mask,
+        item_features=items.features,
+        item_topic=items.topic,
     )
     datasets = {
         split: load_lists(lists_source(data_dir, split), items, len(profile)) for split in splits

@@ -346,8 +346,7 @@ def simulate(config: SimulatorConfig, out_dir: str | Path, progress: bool = True
     out_dir = Path(out_dir)
     started = time.perf_counter()
     splits = (*SPLITS, EXPLORE) if config.n_explore_lists else SPLITS
-    # Spawned seeds depend on their index only: the exploration bucket leaves the others alone.
-    seeds = np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS) + 1)
+    seeds = _seed_streams(config)
     world = make_world(config, np.random.default_rng(seeds[0]))
     sizes = (config.n_train_lists, config.n_valid_lists, config.n_test_lists)
     n_by_split = dict(zip(splits, (*sizes, config.n_explore_lists), strict=False))
@@ -418,6 +417,19 @@ def simulate(config: SimulatorConfig, out_dir: str | Path, progress: bool = True
     stats["seconds"] = round(time.perf_counter() - started, 2)
     write_json(out_dir / "stats.json", stats)
     return stats
+
+
+def _seed_streams(config: SimulatorConfig) -> list[np.random.SeedSequence]:
+    """The world's stream, one per split (exploration last), and a spare for fresh lists.
+    Spawned seeds depend on their index only: adding a stream leaves the others alone."""
+    return np.random.SeedSequence(config.seed).spawn(1 + len(SPLITS) + 2)
+
+
+def simulated_world(config: SimulatorConfig) -> tuple[World, np.random.Generator]:
+    """The world `simulate` writes for ``config``, and a generator for fresh lists that no
+    split of it uses (benchmarks that draw their own lists from the same world)."""
+    seeds = _seed_streams(config)
+    return make_world(config, np.random.default_rng(seeds[0])), np.random.default_rng(seeds[-1])
 
 
 def save_truth(world: World, config: SimulatorConfig, truth_dir: Path) -> None:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from prm.data.batch import ListBatch, ListDataset
+from prm.data.batch import ListBatch, ListDataset, concat_lists
 from prm.data.loaders import LIST_COLUMNS, DataError, ItemTable, lists_dataset
 from prm.data.shards import shard_paths
 
@@ -43,12 +43,13 @@ class TrainingLists(Protocol):
 
 
 class InMemoryLists:
-    """The clicked lists of a :class:`ListDataset`, batched exactly as one process would batch
-    them, each global batch then cut into ``world`` contiguous parts: training on several
-    processes matches training on one up to float rounding (and dropout's random draws)."""
+    """The clicked lists of a :class:`ListDataset` (all of them with ``clicked_only=False``),
+    batched exactly as one process would batch them, each global batch then cut into ``world``
+    contiguous parts: training on several processes matches training on one up to float
+    rounding (and dropout's random draws)."""
 
-    def __init__(self, dataset: ListDataset) -> None:
-        self.dataset = dataset.subset(dataset.has_click())
+    def __init__(self, dataset: ListDataset, clicked_only: bool = True) -> None:
+        self.dataset = dataset.subset(dataset.has_click()) if clicked_only else dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -69,13 +70,6 @@ class InMemoryLists:
 
 def _columns(dataset: ListDataset) -> dict[str, np.ndarray]:
     return {f.name: getattr(dataset, f.name) for f in fields(dataset)}
-
-
-def _concat(parts: list[ListDataset]) -> ListDataset:
-    if len(parts) == 1:
-        return parts[0]
-    columns = [_columns(part) for part in parts]
-    return ListDataset(**{name: np.concatenate([c[name] for c in columns]) for name in columns[0]})
 
 
 class ShuffleBuffer:
@@ -152,13 +146,13 @@ def _rebatch(chunks: Iterable[ListDataset], size: int) -> Iterator[ListDataset]:
         count += len(chunk)
         if count < size:
             continue
-        joined = _concat(pending)
+        joined = concat_lists(pending)
         full = count // size * size
         for start in range(0, full, size):
             yield joined.subset(np.arange(start, start + size))
         pending, count = [joined.subset(np.arange(full, count))], count - full
     if count:
-        yield _concat(pending)
+        yield concat_lists(pending)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ class Reranker(nn.Module):
     """``forward(batch) -> (B, L)`` ranking scores (-inf at padding); ``click_logits`` is what
     the loss sees, which may add terms used only in training (a position-bias tower)."""
 
+    # A list loss has no target in a list without a click, so by default those are skipped in
+    # training and in the validation loss; a click model sets this to learn from them too.
+    trains_on_lists_without_click = False
+
     def click_logits(self, batch: ListBatch) -> Tensor:
         return self(batch)
 

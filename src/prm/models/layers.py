@@ -127,3 +127,10 @@ class PositionBias(nn.Module):
     def forward(self, positions: Tensor) -> Tensor:
         """Offsets of the given 0-based ranks, any shape -> the same shape."""
         return self.offset(positions).squeeze(-1)
+
+
+def topic_counts(topics: Tensor, mask: Tensor) -> Tensor:
+    """(B, L, T) one-hot topics -> (B, L, 1) log(1 + items of the list with the same topic)."""
+    present = torch.where(mask[..., None], topics, 0.0)  # (B, L, T)
+    per_topic = present.sum(dim=1, keepdim=True)  # (B, 1, T)
+    return torch.log1p((present * per_topic).sum(-1, keepdim=True))  # (B, L, 1)

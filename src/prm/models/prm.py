@@ -11,7 +11,11 @@ The paper's equations and the code that computes them, for one list of ``L`` ite
     Loss            L = -sum_i y_i log Score_i   training.losses.softmax_cross_entropy
 
 PE is a learnable table indexed by each item's rank in the initial list. PRM-BASE is
-``use_pv=False``: the personalized vectors PV are dropped from the input.
+``use_pv=False``: the personalized vectors PV are dropped from the input. With
+``topic_columns`` > 0 (the first columns of X are a one-hot topic, as `prm`'s loaders write
+them) X also gets one list-level feature, log(1 + the number of items of the list with the
+item's topic): the list's composition, which attention could count but learns slowly
+(docs/simulator.md, "What PV carries"). It is not personal, so PRM-BASE gets it too.
 
 Shapes: ``B`` lists, ``L`` slots, ``d_in = d_feature + d_pv`` (or ``d_feature`` without PV),
 ``d`` = ``d_model``. Padded slots (``mask`` False) are never attended to and score -inf.
@@ -25,7 +29,7 @@ from torch import Tensor, nn
 from prm.config import PRMConfig
 from prm.data.batch import ListBatch
 from prm.models.base import Reranker
-from prm.models.layers import EncoderBlock, PositionBias
+from prm.models.layers import EncoderBlock, PositionBias, topic_counts
 
 
 class InputLayer(nn.Module):
@@ -36,7 +40,8 @@ class InputLayer(nn.Module):
         self.use_pv = config.use_pv
         self.use_pe = config.use_pe
         self.max_positions = config.max_positions
-        d_in = d_feature + (d_pv if config.use_pv else 0)
+        self.topic_columns = config.topic_columns
+        d_in = d_feature + (d_pv if config.use_pv else 0) + (config.topic_columns > 0)
         if self.use_pe:
             self.position = nn.Embedding(config.max_positions, d_in)  # PE
             nn.init.normal_(self.position.weight, std=0.02)  # small next to the features
@@ -44,7 +49,10 @@ class InputLayer(nn.Module):
 
     def forward(self, features: Tensor, pv: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         """(B, L, d_feature), (B, L, d_pv), (B, L) int64, (B, L) bool -> (B, L, d)."""
-        x = torch.cat([features, pv], dim=-1) if self.use_pv else features  # (B, L, d_in)
+        parts = [features, pv] if self.use_pv else [features]
+        if self.topic_columns:
+            parts.append(topic_counts(features[..., : self.topic_columns], mask))
+        x = torch.cat(parts, dim=-1)  # (B, L, d_in)
         if self.use_pe:
             # Padded slots may hold any position; look up row 0 for them instead.
             positions = torch.where(mask, positions, torch.zeros_like(positions))  # (B, L)

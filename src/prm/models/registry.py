@@ -10,10 +10,11 @@ from typing import Any
 
 from torch import nn
 
-from prm.config import PRMConfig, from_dict, to_dict
+from prm.config import EvaluatorConfig, PRMConfig, from_dict, to_dict
 from prm.models.prm import PRM
 from prm.rankers.common import reranker_factory
 from prm.rankers.dlcm import DLCM, DLCMConfig
+from prm.rankers.evaluator_generator import GeneratorEvaluator
 from prm.rankers.gsf import GSF, GSFConfig
 from prm.rankers.midnn import MiDNN, MiDNNConfig
 from prm.rankers.seq2slate import Seq2Slate, Seq2SlateConfig
@@ -32,6 +33,7 @@ RERANKERS = {
     "setrank": reranker_factory(SetRank, SetRankConfig),
     "gsf": reranker_factory(GSF, GSFConfig),
     "midnn": reranker_factory(MiDNN, MiDNNConfig),
+    "generator_evaluator": reranker_factory(GeneratorEvaluator, EvaluatorConfig),
 }
 
 

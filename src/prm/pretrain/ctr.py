@@ -4,17 +4,27 @@ A click-through-rate model is trained with a sigmoid and log loss on logged clic
 user's profile, the user's click history and the item's features. The vector that feeds its
 final sigmoid layer is the personalized vector PV(u, i) of item i for user u, an input of PRM.
 
-Every model sees the same four fields, each an ``embedding_dim`` vector:
+Every model sees the same fields, each an ``embedding_dim`` vector:
 
 - ``profile``: a linear map of the user's dense profile;
 - ``history``: the masked mean of the id embeddings of the user's past clicks (zeros when the
   history is empty);
 - ``item_id``: the candidate's id embedding, shared with the history so the two are comparable;
-- ``item_dense``: a linear map of the candidate's dense features.
+- ``item_dense``: a linear map of the candidate's dense features;
+- ``topic_affinity`` (``PretrainConfig.topic_affinity``): a user-item cross feature, the log of
+  the smoothed share of the user's history clicks on the candidate's topic, as production CTR
+  models carry a user-category affinity. Without it the models must learn that match through
+  low-rank products of embeddings, and PV carries the user's taste poorly (docs/simulator.md,
+  "What PV carries").
 
-How the history relates to the candidate is left to each model's feature interactions. The
-lookup tables live in the model as buffers, so the model alone maps ``(user_id, item_id)`` to
-PV, with no value-dependent control flow (so that it exports to ONNX).
+With ``PretrainConfig.list_context`` the model also learns a per-user saturation s(u) >= 0
+from the profile and history fields: in training the logit loses s(u) for each item of the
+candidate's topic shown above it in the logged list, so the clicks' list context is not
+mistaken for the item's appeal, and s(u) joins PV as its last coordinate (the layer before the
+sigmoid then holds it). Ranking-time PV and the plain ``forward`` see no list context.
+
+The lookup tables live in the model as buffers, so the model alone maps ``(user_id, item_id)``
+to PV, with no value-dependent control flow (so that it exports to ONNX).
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from prm.config import PretrainConfig, from_dict, to_dict
 from prm.data.examination import require_examination
 from prm.models.layers import PositionBias
 
-N_FIELDS = 4  # profile, history, item_id, item_dense
+BASE_FIELDS = 4  # profile, history, item_id, item_dense; topic_affinity is a fifth
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,7 @@ class CTRTables:
     history: np.ndarray  # (n_users, H) int64: item ids of past clicks, any valid id at padding
     history_mask: np.ndarray  # (n_users, H) bool: True at real past clicks
     item_features: np.ndarray  # (n_items, d_item) float32: dense item features
+    item_topic: np.ndarray | None = None  # (n_items,) int64: for the topic-affinity field
 
     def __post_init__(self) -> None:
         n_users = self.profile.shape[0]
@@ -60,6 +71,10 @@ class CTRTables:
         n_items = self.item_features.shape[0]
         if self.history.size and (self.history.min() < 0 or self.history.max() >= n_items):
             raise ValueError(f"CTRTables: history holds item ids outside [0, {n_items})")
+        if self.item_topic is not None and self.item_topic.shape != (n_items,):
+            raise ValueError(
+                f"CTRTables: item_topic has shape {self.item_topic.shape}, expected ({n_items},)"
+            )
 
 
 @dataclass(frozen=True)
@@ -70,11 +85,14 @@ class Impressions:
     item_ids: np.ndarray  # (N,) int64
     clicks: np.ndarray  # (N,) float32 in {0, 1}
     positions: np.ndarray | None = None  # (N,) int64 shown rank, for the position-bias tower
+    # (N,) items of the same topic shown above it, for PretrainConfig.list_context
+    same_topic_above: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shapes = {self.user_ids.shape, self.item_ids.shape, self.clicks.shape}
-        if self.positions is not None:
-            shapes.add(self.positions.shape)
+        for optional in (self.positions, self.same_topic_above):
+            if optional is not None:
+                shapes.add(optional.shape)
         if len(shapes) != 1 or len(self.user_ids.shape) != 1:
             raise ValueError(f"Impressions: expected equal 1-D arrays, got shapes {shapes}")
 
@@ -91,6 +109,7 @@ class Inputs(NamedTuple):
     history_features: torch.Tensor  # (B, H, d_item) features of the history items
     item_ids: torch.Tensor  # (B,)
     item_features: torch.Tensor  # (B, d_item)
+    topic_affinity: torch.Tensor  # (B, 1) log history share of the item's topic; (B, 0) without
 
 
 class TableLookup(nn.Module):
@@ -104,16 +123,24 @@ class TableLookup(nn.Module):
         self.register_buffer(
             "item_features", torch.as_tensor(tables.item_features, dtype=torch.float32)
         )
+        self.has_topics = tables.item_topic is not None
+        if self.has_topics:
+            topic = torch.as_tensor(tables.item_topic, dtype=torch.int64)
+            self.register_buffer("item_topic", topic)
+            self.n_topics = int(topic.max()) + 1 if topic.numel() else 0
 
     def shapes(self) -> dict[str, int]:
         """Sizes that rebuild an empty model of this shape (see :func:`load_ctr`)."""
-        return {
+        shapes = {
             "n_users": self.profile.shape[0],
             "d_profile": self.profile.shape[1],
             "history_length": self.history.shape[1],
             "n_items": self.item_features.shape[0],
             "d_item": self.item_features.shape[1],
         }
+        if self.has_topics:
+            shapes["n_topics"] = self.n_topics
+        return shapes
 
     def forward(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> Inputs:
         return self.inputs(
@@ -133,7 +160,7 @@ class TableLookup(nn.Module):
         item_features: torch.Tensor,
     ) -> Inputs:
         """Inputs of a user and item given by value (serving unknown users); only the history
-        items are looked up, by id. Shapes as in :class:`Inputs`."""
+        items (and the topics) are looked up, by id. Shapes as in :class:`Inputs`."""
         return Inputs(
             profile=profile,
             history=history,
@@ -141,7 +168,20 @@ class TableLookup(nn.Module):
             history_features=self.item_features[history],
             item_ids=item_ids,
             item_features=item_features,
+            topic_affinity=self.topic_affinity(history, history_mask, item_ids),
         )
+
+    def topic_affinity(
+        self, history: torch.Tensor, history_mask: torch.Tensor, item_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, 1) log((h + 1) / (H + T)): h of the user's H history clicks share the
+        candidate's topic, smoothed over the T topics; (B, 0) when items have no topics."""
+        if not self.has_topics:
+            return torch.zeros((item_ids.shape[0], 0), device=item_ids.device)
+        same = self.item_topic[history] == self.item_topic[item_ids].unsqueeze(-1)  # (B, H)
+        matches = (same & history_mask).sum(-1, keepdim=True).float()  # (B, 1)
+        clicks = history_mask.sum(-1, keepdim=True).float()  # (B, 1)
+        return torch.log((matches + 1.0) / (clicks + self.n_topics))
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,14 +191,24 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class FieldEmbedding(nn.Module):
-    """The four fields every model sees, each a ``dim`` vector; ``dim=1`` gives FM's weights."""
+    """The fields every model sees, each a ``dim`` vector; ``dim=1`` gives FM's weights."""
 
-    def __init__(self, shapes: dict[str, int], dim: int) -> None:
+    def __init__(
+        self,
+        shapes: dict[str, int],
+        dim: int,
+        topic_affinity: bool = False,
+        item_ids: bool = True,
+    ) -> None:
         super().__init__()
         self.profile = nn.Linear(shapes["d_profile"], dim)
         self.item_id = nn.Embedding(shapes["n_items"], dim)
         self.item_dense = nn.Linear(shapes["d_item"], dim)
         nn.init.normal_(self.item_id.weight, std=0.01)  # small, so FM's products start near 0
+        if not item_ids:  # the field stays, at zero: the model sees items by features alone
+            nn.init.zeros_(self.item_id.weight)
+            self.item_id.weight.requires_grad_(False)
+        self.topic_affinity = nn.Linear(1, dim) if topic_affinity else None
 
     def forward(self, x: Inputs) -> torch.Tensor:
         fields = [
@@ -171,7 +221,9 @@ class FieldEmbedding(nn.Module):
             self.item_id(x.item_ids),  # (B, dim)
             self.item_dense(x.item_features),  # (B, dim)
         ]
-        return torch.stack(fields, dim=1)  # (B, N_FIELDS, dim)
+        if self.topic_affinity is not None:
+            fields.append(self.topic_affinity(x.topic_affinity))  # (B, dim)
+        return torch.stack(fields, dim=1)  # (B, F, dim)
 
 
 def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
@@ -228,19 +280,36 @@ class OutputLayer(nn.Module):
         return hidden @ torch.cat([self.fixed, self.weight]) + self.bias  # (B, d_pv) -> (B,)
 
 
+@dataclass(frozen=True)
+class FieldOptions:
+    """What a CTR model sees beyond the four base fields (see the module docstring)."""
+
+    topic_affinity: bool = False
+    list_context: bool = False
+    item_ids: bool = True
+
+
 class CTRModel(nn.Module):
-    """(user, item) -> PV = ``hidden`` -> click logit = ``output(PV)``."""
+    """(user, item) -> PV = ``hidden`` -> click logit = ``output(PV)`` (less the saturation
+    times the same-topic items above, when trained with list context)."""
 
     output: OutputLayer
 
-    def __init__(self, tables: CTRTables, embedding_dim: int) -> None:
+    def __init__(self, tables: CTRTables, embedding_dim: int, options: FieldOptions) -> None:
         super().__init__()
         self.tables = TableLookup(tables)
-        self.fields = FieldEmbedding(self.tables.shapes(), embedding_dim)
+        if options.topic_affinity and not self.tables.has_topics:
+            raise ValueError("topic_affinity needs CTRTables.item_topic")
+        self.fields = FieldEmbedding(
+            self.tables.shapes(), embedding_dim, options.topic_affinity, options.item_ids
+        )
+        self.n_fields = BASE_FIELDS + options.topic_affinity
+        # s(u) from the user's two fields, profile and history.
+        self.saturation = nn.Linear(2 * embedding_dim, 1) if options.list_context else None
 
     @property
     def d_pv(self) -> int:
-        return self.output.d_in
+        return self.output.d_in + (self.saturation is not None)
 
     def hidden(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """(B,), (B,) -> (B, d_pv): the personalized vector, the input of the final sigmoid."""
@@ -260,12 +329,31 @@ class CTRModel(nn.Module):
         return self.hidden_from_inputs(inputs)
 
     def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
-        """(B, d_pv) PV of looked-up inputs; each model defines it."""
+        """(B, d_pv) PV of looked-up inputs: the model's hidden layer, then s(u) if any."""
+        fields = self.fields(x)  # (B, F, k)
+        hidden = self.hidden_from_fields(x, fields)
+        if self.saturation is None:
+            return hidden
+        user = fields[:, :2].flatten(1)  # profile and history fields, (B, 2k)
+        return torch.cat([hidden, F.softplus(self.saturation(user))], dim=-1)
+
+    def hidden_from_fields(self, x: Inputs, fields: torch.Tensor) -> torch.Tensor:
+        """(B, d_hidden) the layer before the sigmoid, from the (B, F, k) field embeddings;
+        each model defines it."""
         raise NotImplementedError
 
+    def click_logit(
+        self, pv: torch.Tensor, same_topic_above: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) logit from PV, less s(u) per same-topic item above when that count is given."""
+        logit = self.output(pv[:, : self.output.d_in])
+        if self.saturation is None or same_topic_above is None:
+            return logit
+        return logit - pv[:, -1] * same_topic_above
+
     def forward(self, user_ids: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
-        """(B,), (B,) -> (B,) click logits."""
-        return self.output(self.hidden(user_ids, item_ids))
+        """(B,), (B,) -> (B,) click logits of the item alone (no list context)."""
+        return self.click_logit(self.hidden(user_ids, item_ids))
 
 
 class FM(CTRModel):
@@ -276,14 +364,16 @@ class FM(CTRModel):
     exactly FM's decomposition of its own score.
     """
 
-    def __init__(self, tables: CTRTables, embedding_dim: int) -> None:
-        super().__init__(tables, embedding_dim)
-        self.first_order = FieldEmbedding(self.tables.shapes(), 1)
-        self.output = OutputLayer(N_FIELDS + embedding_dim, 0)
+    def __init__(self, tables: CTRTables, embedding_dim: int, options: FieldOptions) -> None:
+        super().__init__(tables, embedding_dim, options)
+        self.first_order = FieldEmbedding(
+            self.tables.shapes(), 1, options.topic_affinity, options.item_ids
+        )
+        self.output = OutputLayer(self.n_fields + embedding_dim, 0)
 
-    def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
+    def hidden_from_fields(self, x: Inputs, fields: torch.Tensor) -> torch.Tensor:
         first = self.first_order(x).squeeze(-1)  # (B, F, 1) -> (B, F)
-        return torch.cat([first, fm_interaction(self.fields(x))], dim=-1)  # (B, F + k)
+        return torch.cat([first, fm_interaction(fields)], dim=-1)  # (B, F + k)
 
 
 class DeepFM(CTRModel):
@@ -294,14 +384,21 @@ class DeepFM(CTRModel):
     y = sigmoid(y_FM + y_DNN) in the paper.
     """
 
-    def __init__(self, tables: CTRTables, embedding_dim: int, hidden_dims: tuple[int, ...]) -> None:
-        super().__init__(tables, embedding_dim)
-        self.first_order = FieldEmbedding(self.tables.shapes(), 1)
-        self.dnn = mlp(N_FIELDS * embedding_dim, hidden_dims)
-        self.output = OutputLayer(N_FIELDS + embedding_dim, hidden_dims[-1])
+    def __init__(
+        self,
+        tables: CTRTables,
+        embedding_dim: int,
+        options: FieldOptions,
+        hidden_dims: tuple[int, ...],
+    ) -> None:
+        super().__init__(tables, embedding_dim, options)
+        self.first_order = FieldEmbedding(
+            self.tables.shapes(), 1, options.topic_affinity, options.item_ids
+        )
+        self.dnn = mlp(self.n_fields * embedding_dim, hidden_dims)
+        self.output = OutputLayer(self.n_fields + embedding_dim, hidden_dims[-1])
 
-    def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
-        fields = self.fields(x)  # (B, F, k)
+    def hidden_from_fields(self, x: Inputs, fields: torch.Tensor) -> torch.Tensor:
         first = self.first_order(x).squeeze(-1)  # (B, F, 1) -> (B, F)
         deep = self.dnn(fields.flatten(1))  # (B, F * k) -> (B, h)
         return torch.cat([first, fm_interaction(fields), deep], dim=-1)  # (B, F + k + h)
@@ -318,17 +415,18 @@ class DCN(CTRModel):
         self,
         tables: CTRTables,
         embedding_dim: int,
+        options: FieldOptions,
         hidden_dims: tuple[int, ...],
         cross_layers: int,
     ) -> None:
-        super().__init__(tables, embedding_dim)
-        d_x0 = N_FIELDS * embedding_dim
+        super().__init__(tables, embedding_dim, options)
+        d_x0 = self.n_fields * embedding_dim
         self.cross = CrossNetwork(d_x0, cross_layers)
         self.dnn = mlp(d_x0, hidden_dims)
         self.output = OutputLayer(0, d_x0 + hidden_dims[-1])
 
-    def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
-        x0 = self.fields(x).flatten(1)  # (B, F, k) -> (B, F * k)
+    def hidden_from_fields(self, x: Inputs, fields: torch.Tensor) -> torch.Tensor:
+        x0 = fields.flatten(1)  # (B, F, k) -> (B, F * k)
         return torch.cat([self.cross(x0), self.dnn(x0)], dim=-1)  # (B, F * k + h)
 
 
@@ -340,28 +438,34 @@ class FNN(CTRModel):
     learned end to end, which the same paper reports as a variant.
     """
 
-    def __init__(self, tables: CTRTables, embedding_dim: int, hidden_dims: tuple[int, ...]) -> None:
-        super().__init__(tables, embedding_dim)
-        self.dnn = mlp(N_FIELDS * embedding_dim, hidden_dims)
+    def __init__(
+        self,
+        tables: CTRTables,
+        embedding_dim: int,
+        options: FieldOptions,
+        hidden_dims: tuple[int, ...],
+    ) -> None:
+        super().__init__(tables, embedding_dim, options)
+        self.dnn = mlp(self.n_fields * embedding_dim, hidden_dims)
         self.output = OutputLayer(0, hidden_dims[-1])
 
-    def hidden_from_inputs(self, x: Inputs) -> torch.Tensor:
-        fields = self.fields(x)  # (B, F, k)
+    def hidden_from_fields(self, x: Inputs, fields: torch.Tensor) -> torch.Tensor:
         return self.dnn(fields.flatten(1))  # (B, F * k) -> (B, h)
 
 
 def build_ctr_model(config: PretrainConfig, tables: CTRTables) -> CTRModel:
     """The CTR model named by ``config.model``, holding ``tables`` as buffers."""
     k, dims = config.embedding_dim, config.hidden_dims
+    options = FieldOptions(config.topic_affinity, config.list_context, config.item_ids)
     match config.model:
         case "fm":
-            return FM(tables, k)
+            return FM(tables, k, options)
         case "deepfm":
-            return DeepFM(tables, k, dims)
+            return DeepFM(tables, k, options, dims)
         case "dcn":
-            return DCN(tables, k, dims, config.cross_layers)
+            return DCN(tables, k, options, dims, config.cross_layers)
         case "fnn":
-            return FNN(tables, k, dims)
+            return FNN(tables, k, options, dims)
     raise ValueError(f"unknown CTR model {config.model!r}")
 
 
@@ -382,11 +486,13 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def _tensors(data: Impressions) -> tuple[torch.Tensor, ...]:
     positions = np.zeros_like(data.user_ids) if data.positions is None else data.positions
+    same = data.same_topic_above
     return (
         torch.as_tensor(data.user_ids, dtype=torch.int64),
         torch.as_tensor(data.item_ids, dtype=torch.int64),
         torch.as_tensor(data.clicks, dtype=torch.float32),
         torch.as_tensor(positions, dtype=torch.int64),
+        torch.as_tensor(np.zeros(len(data)) if same is None else same, dtype=torch.float32),
     )
 
 
@@ -398,14 +504,15 @@ def evaluate_ctr(
     position_bias: PositionBias | None = None,
 ) -> dict[str, float]:
     """Log loss and AUC of the click predictions on ``data`` (with the tower, if given)."""
-    users, items, clicks, positions = _tensors(data)
+    users, items, clicks, positions, same = _tensors(data)
     logits = torch.cat(
         [
-            _click_logits(model, position_bias, u, i, p)
-            for u, i, p in zip(
+            _click_logits(model, position_bias, u, i, p, n)
+            for u, i, p, n in zip(
                 users.split(batch_size),
                 items.split(batch_size),
                 positions.split(batch_size),
+                same.split(batch_size),
                 strict=True,
             )
         ]
@@ -422,9 +529,11 @@ def _click_logits(
     users: torch.Tensor,
     items: torch.Tensor,
     positions: torch.Tensor,
+    same_topic_above: torch.Tensor,
 ) -> torch.Tensor:
-    """The CTR model's logits, plus the tower's offsets of the shown ranks in training."""
-    logits = model(users, items)
+    """The CTR model's logits in the logged list (its list context and, with the tower, the
+    offsets of the shown ranks)."""
+    logits = model.click_logit(model.hidden(users, items), same_topic_above)
     return logits if position_bias is None else logits + position_bias(positions)
 
 
@@ -445,6 +554,8 @@ def train_ctr(
     """
     if config.position_bias_tower and train.positions is None:
         raise ValueError("position_bias_tower needs Impressions.positions")
+    if config.list_context and train.same_topic_above is None:
+        raise ValueError("list_context needs Impressions.same_topic_above")
     fixed_tower = config.position_bias_tower and config.position_bias == "exploration"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -459,7 +570,7 @@ def train_ctr(
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
-    users, items, clicks, positions = _tensors(train)
+    users, items, clicks, positions, same = _tensors(train)
     history: list[dict[str, float]] = []
     best_loss, best_state = math.inf, None
     for epoch in range(1, config.epochs + 1):
@@ -468,7 +579,7 @@ def train_ctr(
         total = torch.zeros(())
         for index in tqdm(batches, desc=f"{config.model} epoch {epoch}", disable=not progress):
             logits = _click_logits(
-                model, position_bias, users[index], items[index], positions[index]
+                model, position_bias, users[index], items[index], positions[index], same[index]
             )
             loss = F.binary_cross_entropy_with_logits(logits, clicks[index])
             optimizer.zero_grad(set_to_none=True)
@@ -547,6 +658,9 @@ def load_ctr(path: str | Path) -> CTRModel:
         history=np.zeros((shapes["n_users"], shapes["history_length"]), np.int64),
         history_mask=np.zeros((shapes["n_users"], shapes["history_length"]), bool),
         item_features=np.zeros((shapes["n_items"], shapes["d_item"]), np.float32),
+        item_topic=(
+            np.arange(shapes["n_items"]) % shapes["n_topics"] if "n_topics" in shapes else None
+        ),
     )
     model = build_ctr_model(config, placeholder)
     model.load_state_dict(payload["state_dict"])

@@ -45,6 +45,9 @@ from prm.training.trainer import CHECKPOINT
 
 PARITY_TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| score at a real slot
 DEFAULT_MAX_LIST_LENGTH = 1024  # for re-rankers without a position table
+# Re-rankers whose ranking is a search with one step per rank: a graph with a dynamic list
+# length cannot hold that loop, so they are refused by name before anything is written.
+NOT_EXPORTABLE = {"generator_evaluator": "its beam search takes one step per rank of the list"}
 
 
 def _export(
@@ -164,6 +167,12 @@ def export_bundle(
     """
     run_dir, ctr_path, out_dir = Path(run_dir), Path(ctr_path), Path(out_dir)
     spec = load_checkpoint(run_dir / CHECKPOINT)["model_spec"]
+    if spec["kind"] in NOT_EXPORTABLE:
+        raise BundleError(
+            f"{run_dir}: a {spec['kind']} re-ranker does not export to ONNX "
+            f"({NOT_EXPORTABLE[spec['kind']]}); rank with it from Python (prm.pipeline."
+            "load_reranker) or export a PRM trained with it as evaluator"
+        )
     reranker = load_reranker(run_dir)
     if not ctr_path.is_file():
         raise FileNotFoundError(f"{ctr_path}: CTR model not found; run `prm pretrain` first")

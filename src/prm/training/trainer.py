@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,19 @@ class Trainer:
         eval_config: EvalConfig | None = None,
         progress: bool = True,
         reports: bool = True,
+        estimator: Callable[[np.ndarray, ListDataset], float] | None = None,
     ) -> None:
         """``reports=False`` skips the per-epoch metrics.json and training-curve PNG (a suite of
-        hundreds of small runs keeps the history in its own records instead)."""
+        hundreds of small runs keeps the history in its own records instead). ``estimator``
+        maps validation scores to an estimate of their expected clicks from the logs
+        (:class:`prm.evaluation.estimate.EstimatedClicks`), reported as
+        ``estimated_clicks`` and selectable with ``selection_metric: estimated_clicks``."""
+        if config.selection_metric == "estimated_clicks" and estimator is None:
+            raise ValueError(
+                "selection_metric 'estimated_clicks' needs an evaluator trained on the logs "
+                "(the demo trains one; see prm.evaluation.estimate)"
+            )
+        self.estimator = estimator
         self.reports = reports
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.device = distributed.device(config.device)
@@ -141,7 +152,11 @@ class Trainer:
             )
             if checkpoint is not None:
                 self._restore(checkpoint)
-        lists = InMemoryLists(train) if isinstance(train, ListDataset) else train
+        lists = (
+            InMemoryLists(train, clicked_only=not self._learns_from_lists_without_click())
+            if isinstance(train, ListDataset)
+            else train
+        )
         state = self.state
         while state.epoch < self.config.epochs and not self._stopped():
             started = time.perf_counter()
@@ -172,6 +187,9 @@ class Trainer:
             self.model.load_state_dict(state.best_weights)
         return state
 
+    def _learns_from_lists_without_click(self) -> bool:
+        return getattr(self.model, "trains_on_lists_without_click", False)
+
     def _stopped(self) -> bool:
         return self.state.epochs_without_improvement >= self.config.patience
 
@@ -191,6 +209,7 @@ class Trainer:
             leave=False,
         )
         for step, (batch, weight) in enumerate(bar, 1):
+            self._set_learning_rate(epoch - 1 + (step - 1) / max(steps, 1))
             with self.autocast():
                 loss = self.step(to_device(batch, self.device))
             self.optimizer.zero_grad(set_to_none=True)
@@ -200,6 +219,15 @@ class Trainer:
             if self.progress and step % LOG_EVERY == 0:
                 bar.set_postfix(loss=f"{total.item() * self.world / step:.4f}")
         return distributed.all_reduce_sum(total).item() / max(steps, 1)
+
+    def _set_learning_rate(self, epochs_done: float) -> None:
+        """The schedule's rate after ``epochs_done`` (fractional) epochs; a function of the
+        progress alone, so a resumed run follows the same rates."""
+        rate = self.config.lr
+        if self.config.lr_schedule == "linear":
+            rate *= 1.0 - epochs_done / self.config.epochs
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
     def _selection_value(self, metrics: dict[str, float]) -> float:
         """The validation figure to maximise: a ranking metric, or minus the loss."""
@@ -218,7 +246,8 @@ class Trainer:
         scores and broadcasts them, so every process takes the same early-stopping decision.
         """
         mine = valid.subset(np.array_split(np.arange(len(valid)), self.world)[self.rank])
-        clicked = mine.subset(mine.has_click())
+        learns_all = self._learns_from_lists_without_click()
+        clicked = mine if learns_all else mine.subset(mine.has_click())
         total = 0.0
         with self.autocast():
             scores = score_lists(self.model, mine, device=self.device)
@@ -229,7 +258,10 @@ class Trainer:
         metrics = None
         if parts is not None:
             all_scores, totals, counts = zip(*parts, strict=True)
-            metrics = evaluate_scores(np.concatenate(all_scores), valid, self.eval_config)
+            all_scores = np.concatenate(all_scores)
+            metrics = evaluate_scores(all_scores, valid, self.eval_config)
+            if self.estimator is not None:
+                metrics["estimated_clicks"] = self.estimator(all_scores, valid)
             metrics["loss"] = sum(totals) / max(sum(counts), 1)
         return distributed.broadcast_from_first(metrics)
 

@@ -1,0 +1,130 @@
+"""Evaluator-generator re-ranking: build the list rank by rank under a learned click model.
+
+The permutation-based re-ranking that followed PRM (PRS, EG-Rerank, PIER, NAR4Rec) splits the
+job in two. A **generator** proposes whole candidate lists; an **evaluator** scores each whole
+list by the clicks it predicts for it, and the best one is shown. Here:
+
+- the evaluator is :class:`~prm.models.evaluator.ContextClickModel`, trained on the logs;
+- the generator is a beam search over placements (PRS's PMatch): each of ``beam_width``
+  partial lists is extended by every remaining item, and the partial lists with the highest
+  predicted clicks so far are kept. With ``beam_width`` 1 it is the greedy rule "fill each rank
+  with the item most likely clicked there, given the items above";
+- the finished beams and the initial order are the candidates; the evaluator's predicted
+  clicks of each whole list (PRS's PRank, permutation-wise) choose among them.
+
+Trained through the shared Trainer like every re-ranker: its loss is the evaluator's click
+likelihood on the logged lists (lists without a click included), and ranking runs the search.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from prm.config import EvaluatorConfig
+from prm.data.batch import ListBatch
+from prm.models.base import Loss, Reranker
+from prm.models.evaluator import ContextClickModel, in_display_order
+
+
+class GeneratorEvaluator(Reranker):
+    """Beam search under the context-aware click model; scores are minus the chosen rank."""
+
+    trains_on_lists_without_click = True  # a click model learns from every shown list
+
+    def __init__(self, config: EvaluatorConfig, d_feature: int, d_pv: int) -> None:
+        super().__init__()
+        self.config = config
+        self.evaluator = ContextClickModel(
+            d_feature,
+            d_pv,
+            d_hidden=config.d_hidden,
+            use_pv=config.use_pv,
+            max_positions=config.max_positions,
+            topic_columns=config.topic_columns,
+        )
+
+    def loss(self, batch: ListBatch, loss_fn: Loss) -> Tensor:
+        """The evaluator's click negative log-likelihood; ``loss_fn`` (a list loss) is unused."""
+        return self.evaluator.nll(batch)
+
+    def forward(self, batch: ListBatch) -> Tensor:
+        """(B, L) scores: -rank in the chosen list, -inf at padding."""
+        order = self.generate(batch)
+        ranks = torch.arange(order.shape[1], device=order.device, dtype=torch.float32)
+        scores = torch.empty(order.shape, device=order.device).scatter_(
+            1, order, -ranks.expand(order.shape).contiguous()
+        )
+        return scores.masked_fill(~batch.mask, float("-inf"))
+
+    @torch.no_grad()
+    def generate(self, batch: ListBatch) -> Tensor:
+        """(B, L) slot indices, top first: the candidate with the most predicted clicks."""
+        beams, alive = self.beam_search(batch)  # (B, W, L), (B, W)
+        candidates = torch.cat([beams, initial_order(batch)[:, None]], dim=1)  # (B, W + 1, L)
+        predicted = torch.stack(
+            [
+                self.evaluator.expected_clicks(in_display_order(batch, candidate))
+                for candidate in candidates.unbind(1)
+            ],
+            dim=1,
+        )  # (B, W + 1)
+        # A beam is dead when a list had fewer orders to offer than the beam's width.
+        usable = torch.cat([alive, torch.ones_like(alive[:, :1])], dim=1)
+        best = predicted.masked_fill(~usable, -float("inf")).argmax(dim=1)  # ties: best beam
+        return candidates[torch.arange(len(best)), best]
+
+    @torch.no_grad()
+    def beam_search(self, batch: ListBatch) -> tuple[Tensor, Tensor]:
+        """(B, W, L) the ``beam_width`` finished lists (slot indices, top first), best first,
+        and (B, W) whether each is a real list (a list with fewer orders than W leaves dead
+        beams). Padded slots are placed only after every real item."""
+        appeal, w_sum, w_max, x = self.evaluator.item_terms(batch)  # (B, L), (B, L, d) x3
+        n, length = batch.mask.shape
+        width = self.config.beam_width
+        ranks = torch.arange(length, device=x.device)
+        examination = self.evaluator.log_examination(ranks).exp()  # (L,)
+        rows = torch.arange(n, device=x.device)[:, None]  # (B, 1)
+
+        prefix_sum = x.new_zeros(n, width, x.shape[-1])  # (B, W, d)
+        prefix_max = x.new_full((n, width, x.shape[-1]), torch.finfo(x.dtype).min)
+        placed_any = torch.zeros(n, width, 1, dtype=torch.bool, device=x.device)
+        unused = torch.ones(n, width, length, dtype=torch.bool, device=x.device)
+        orders = torch.zeros(n, width, length, dtype=torch.int64, device=x.device)
+        # Only the first beam is live at the start, so the first step keeps W distinct items.
+        total = torch.full((n, width), -float("inf"), device=x.device)
+        total[:, 0] = 0.0
+        real = batch.mask[:, None, :]  # (B, 1, L)
+        for rank in range(length):
+            visible_max = torch.where(placed_any, prefix_max, 0.0)
+            z = (
+                appeal[:, None, :]
+                + torch.einsum("bld,bwd->bwl", w_sum, prefix_sum)
+                + torch.einsum("bld,bwd->bwl", w_max, visible_max)
+            )  # (B, W, L)
+            gain = torch.where(real, examination[rank] * torch.sigmoid(z), 0.0)
+            real_left = (unused & real).any(dim=-1, keepdim=True)  # (B, W, 1)
+            allowed = unused & (real | ~real_left)
+            extended = torch.where(allowed, total[:, :, None] + gain, -float("inf"))
+            total, flat = extended.reshape(n, width * length).topk(width, dim=1)  # (B, W)
+            beam, slot = flat // length, flat % length  # (B, W) each
+            prefix_sum, prefix_max = prefix_sum[rows, beam], prefix_max[rows, beam]
+            placed_any, unused, orders = (
+                placed_any[rows, beam],
+                unused[rows, beam],
+                orders[rows, beam],
+            )
+            chosen = x[rows, slot]  # (B, W, d)
+            is_real = batch.mask[rows, slot][..., None]  # (B, W, 1)
+            prefix_sum = prefix_sum + torch.where(is_real, chosen, 0.0)
+            prefix_max = torch.where(is_real, torch.maximum(prefix_max, chosen), prefix_max)
+            placed_any = placed_any | is_real
+            unused = unused.scatter(2, slot[..., None], False)
+            orders[:, :, rank] = slot
+        return orders, torch.isfinite(total)
+
+
+def initial_order(batch: ListBatch) -> Tensor:
+    """(B, L) slot indices in initial-rank order, padding last."""
+    keys = torch.where(batch.mask, batch.positions, torch.iinfo(batch.positions.dtype).max)
+    return keys.argsort(dim=1, stable=True)
