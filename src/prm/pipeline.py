@@ -280,6 +280,7 @@ def compare(per_model_seeds: dict[str, list[dict[str, np.ndarray]]], dataset: Li
             100 * (list_mean(run, "expected_clicks") - initial_clicks) / oracle_gain for run in runs
         ]
         row["oracle_gain_pct"], row["oracle_gain_pct_std"] = mean_std(np.array(gains))
+        row["oracle_gain_pct_per_seed"] = [round(g, 2) for g in gains]
         if name != "initial":
             test = paired_test(
                 per_list_mean[name]["expected_clicks"], per_list_mean["initial"]["expected_clicks"]
