@@ -39,19 +39,22 @@ from prm.training.trainer import Trainer
 RULES = ("estimated clicks (logs)", "validation loss (logs)", "true clicks (hidden truth)")
 
 
-def epoch_curve(config, data, model_config, seed, estimator, gains, run_dir) -> list[dict]:
+def epoch_curve(config, data, model_config, seed, evaluator, gains, run_dir) -> list[dict]:
     """Per epoch: validation loss and estimate, true validation and test gain."""
     train, valid, test = (data.splits[s] for s in ("train", "valid", "test"))
     torch.manual_seed(seed)
     spec = prm_spec(model_config, train.d_feature, train.d_pv)
+    model = build_reranker(spec)
+    if model_config.position_bias_tower and model_config.position_bias == "evaluator":
+        model.position_bias.fix(evaluator.relative_examination(model_config.max_positions))
     trainer = Trainer(
-        build_reranker(spec),
+        model,
         replace(config.train, seed=seed),
         run_dir,
         model_spec=spec,
         progress=False,
         reports=False,
-        estimator=estimator,
+        estimator=EstimatedClicks(evaluator),
     )
     lists, rows = InMemoryLists(train), []
     for epoch in range(1, config.train.epochs + 1):
@@ -95,7 +98,7 @@ def main() -> None:
     data = attach_pv(load_list_data(demo / "data"), demo / "pretrain")
     click_model = load_click_model(demo / "data")
     gains = {s: OracleGain(click_model, data.splits[s]) for s in ("valid", "test")}
-    estimator = EstimatedClicks(load_reranker(demo / "runs" / EVALUATOR).evaluator)
+    evaluator = load_reranker(demo / "runs" / EVALUATOR).evaluator
     variants = {"prm": config.model, "prm_base": replace(config.model, use_pv=False)}
     rows, picks = [], {rule: [] for rule in RULES}
     for name in args.models.split(","):
@@ -105,7 +108,7 @@ def main() -> None:
                 data,
                 variants[name],
                 seed,
-                estimator,
+                evaluator,
                 gains,
                 Path(args.work) / f"{name}_seed{seed}",
             )

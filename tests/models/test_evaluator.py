@@ -10,9 +10,14 @@ import torch
 from list_batches import random_list_batch
 
 from prm.config import EvaluatorConfig, to_dict
-from prm.models.evaluator import ContextClickModel, exclusive_prefix, in_display_order
+from prm.models.evaluator import (
+    ContextClickModel,
+    exclusive_prefix,
+    in_display_order,
+    shown_order,
+)
 from prm.models.registry import build_reranker
-from prm.rankers.evaluator_generator import GeneratorEvaluator, initial_order
+from prm.rankers.evaluator_generator import GeneratorEvaluator
 
 
 def test_exclusive_prefix_sums_and_maxes_only_real_items_above() -> None:
@@ -100,7 +105,7 @@ def test_generated_list_is_a_permutation_no_worse_than_greedy_or_initial(seed: i
 
     chosen = clicks(order)
     assert (chosen >= clicks(greedy.generate(batch)) - 1e-6).all()
-    assert (chosen >= clicks(initial_order(batch)) - 1e-6).all()
+    assert (chosen >= clicks(shown_order(batch)) - 1e-6).all()
 
 
 def test_a_beam_of_six_finds_the_best_of_all_orders_of_three_items() -> None:

@@ -170,3 +170,41 @@ def test_inputs_are_validated():
         )
     with pytest.raises(ValueError, match="1-D"):
         Impressions(np.zeros(3, int), np.zeros(4, int), np.zeros(3, np.float32))
+
+
+def test_topic_affinity_is_the_smoothed_log_share_of_the_history(task):
+    tables = task[0]
+    topic = tables.item_features[:, :N_TOPICS].argmax(1)
+    with_topics = replace(tables, item_topic=topic)
+    model = build_ctr_model(replace(CONFIG, topic_affinity=True), with_topics)
+    users, items = torch.arange(20), torch.arange(20) * 7
+    affinity = model.tables(users, items).topic_affinity[:, 0].numpy()
+    for user, item, value in zip(users.numpy(), items.numpy(), affinity, strict=True):
+        history = tables.history[user][tables.history_mask[user]]
+        same = (topic[history] == topic[item]).sum()
+        expected = np.log((same + 1) / (len(history) + N_TOPICS))
+        assert value == pytest.approx(expected, rel=1e-5)
+    assert model.d_pv == expected_d_pv("deepfm") + 1  # one more first-order field
+    with pytest.raises(ValueError, match="item_topic"):
+        build_ctr_model(replace(CONFIG, topic_affinity=True), tables)
+
+
+def test_list_context_learns_a_saturation_and_passes_it_in_pv(task):
+    """Clicks fall by 1 logit per same-topic item above; the model's s(u), PV's last unit,
+    must take that up (it starts near softplus(0) = 0.7 and must move toward 1)."""
+    tables, train, valid = task
+    rng = np.random.default_rng(3)
+
+    def with_context(data: Impressions) -> Impressions:
+        same = rng.integers(0, 4, len(data)).astype(np.float32)
+        keep = rng.random(len(data)) < np.exp(-same)  # each same-topic item above: 1/e
+        return replace(data, clicks=data.clicks * keep, same_topic_above=same)
+
+    config = replace(CONFIG, list_context=True, epochs=3)
+    model, _ = train_ctr(config, tables, with_context(train), with_context(valid), progress=False)
+    assert model.d_pv == expected_d_pv("deepfm") + 1
+    with torch.no_grad():
+        saturation = model.hidden(torch.arange(N_USERS), torch.zeros(N_USERS, dtype=torch.int64))
+    assert 0.8 < saturation[:, -1].mean().item() < 1.6
+    with pytest.raises(ValueError, match="same_topic_above"):
+        train_ctr(config, tables, train, valid, progress=False)

@@ -31,6 +31,7 @@ TINY = {
     "setrank": {"d_model": 16, "n_heads": 2, "n_blocks": 1, "d_ff": 32},
     "gsf": {"hidden": [32, 16]},
     "midnn": {"hidden": [32, 16]},
+    "generator_evaluator": {"d_hidden": 16, "beam_width": 2, "max_positions": 16},
 }
 KINDS = sorted(RERANKERS)
 
@@ -123,7 +124,13 @@ def test_gradients_are_finite_with_an_all_masked_list(kind: str) -> None:
     assert torch.isneginf(model(batch)[1]).all()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+# The evaluator-generator's click model reads each item with the items above it only, so "the
+# largest in the whole list" is not a thing it can learn (tests/models/test_evaluator.py
+# checks that it fits the clicks it can explain).
+SET_SCORERS = [kind for kind in KINDS if kind != "generator_evaluator"]
+
+
+@pytest.mark.parametrize("kind", SET_SCORERS)
 def test_learns_a_planted_list_wise_task(kind: str) -> None:
     """Clicked = the item with the largest first feature in its list; lists of 2 to 8 items,
     so random top-1 accuracy is mean(1/n) ~ 0.23."""

@@ -5,10 +5,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from prm.data.loaders import load_list_data
+from prm.models.registry import build_reranker, prm_spec
 from prm.pipeline import load_reranker, train_reranker
+from prm.training.trainer import Trainer
 
 
 def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -61,3 +64,47 @@ def test_artifacts_are_complete_and_no_temporary_files_remain(
     batch = data.splits["test"].batch(np.arange(8))
     model.eval()
     torch.testing.assert_close(reloaded(batch), model(batch))
+
+
+def test_estimated_clicks_select_the_epoch_and_are_required(
+    tiny_data_dir: Path, tiny_config, tmp_path: Path
+) -> None:
+    """An estimator that prefers the first epoch's scores makes it the best epoch, though the
+    later epochs fit the clicks better; without an estimator the setting is refused."""
+    config = replace(
+        tiny_config,
+        train=replace(
+            tiny_config.train, epochs=3, patience=10, selection_metric="estimated_clicks"
+        ),
+    )
+    data = load_list_data(tiny_data_dir)
+    base = replace(config.model, use_pv=False)
+    calls: list[float] = []
+
+    def first_is_best(scores: np.ndarray, dataset) -> float:
+        assert scores.shape == dataset.mask.shape
+        calls.append(1.0 / (len(calls) + 1))
+        return calls[-1]
+
+    train_reranker(
+        config, data, tmp_path / "run", model_config=base, progress=False, estimator=first_is_best
+    )
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 1 and len(calls) == 3
+    assert [row["valid_estimated_clicks"] for row in metrics["history"]] == calls
+    with pytest.raises(ValueError, match="evaluator"):
+        train_reranker(config, data, tmp_path / "none", model_config=base, progress=False)
+
+
+def test_linear_schedule_falls_to_zero_over_the_epochs(
+    tiny_data_dir: Path, tiny_config, tmp_path: Path
+) -> None:
+    config = replace(tiny_config, train=replace(tiny_config.train, epochs=2, lr_schedule="linear"))
+    data = load_list_data(tiny_data_dir)
+    train = data.splits["train"]
+    spec = prm_spec(replace(config.model, use_pv=False), train.d_feature, 0)
+    trainer = Trainer(build_reranker(spec), config.train, tmp_path, model_spec=spec, progress=False)
+    trainer._set_learning_rate(0.0)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.train.lr)
+    trainer._set_learning_rate(1.5)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.train.lr / 4)

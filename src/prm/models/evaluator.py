@@ -154,12 +154,22 @@ class ContextClickModel(nn.Module):
         return self.click_probabilities(batch).sum(-1)
 
     def nll(self, batch: ListBatch) -> Tensor:
-        """Mean Bernoulli negative log-likelihood of the shown items' clicks."""
+        """Mean Bernoulli negative log-likelihood of the shown items' clicks, each list read in
+        the order of its ``positions`` (the logged ranks), whatever slots hold its items."""
+        batch = in_display_order(batch, shown_order(batch))
         log_p = self.log_click_probabilities(batch)
         log_not = torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
         clicked = batch.labels > 0
-        per_slot = -torch.where(clicked, log_p, log_not)
-        return per_slot[batch.mask].mean()
+        per_slot = -torch.where(clicked & batch.mask, log_p, log_not)
+        # A batch of empty lists has nothing to fit: 0, not the NaN of an empty mean.
+        return (per_slot * batch.mask).sum() / batch.mask.sum().clamp(min=1)
+
+
+def shown_order(batch: ListBatch) -> Tensor:
+    """(B, L) slot indices in the order of ``positions`` (the rank each was shown at),
+    padding last."""
+    keys = torch.where(batch.mask, batch.positions, torch.iinfo(batch.positions.dtype).max)
+    return keys.argsort(dim=1, stable=True)
 
 
 def in_display_order(batch: ListBatch, order: Tensor) -> ListBatch:

@@ -24,7 +24,10 @@ from torch import Tensor
 from prm.config import EvaluatorConfig
 from prm.data.batch import ListBatch
 from prm.models.base import Loss, Reranker
-from prm.models.evaluator import ContextClickModel, in_display_order
+from prm.models.evaluator import ContextClickModel, in_display_order, shown_order
+
+
+TIE = 1e-5  # predicted clicks of a list closer than this are equal (float rounding)
 
 
 class GeneratorEvaluator(Reranker):
@@ -59,20 +62,30 @@ class GeneratorEvaluator(Reranker):
 
     @torch.no_grad()
     def generate(self, batch: ListBatch) -> Tensor:
-        """(B, L) slot indices, top first: the candidate with the most predicted clicks."""
-        beams, alive = self.beam_search(batch)  # (B, W, L), (B, W)
-        candidates = torch.cat([beams, initial_order(batch)[:, None]], dim=1)  # (B, W + 1, L)
+        """(B, L) slot indices, top first: the candidate with the most predicted clicks.
+
+        The search runs on the lists in their initial order, so that ties go to the item
+        ranked higher there and the result does not depend on which slots hold the items.
+        """
+        initial = shown_order(batch)  # (B, L) slots in initial order
+        shown = in_display_order(batch, initial)
+        beams, alive = self.beam_search(shown)  # (B, W, L), (B, W), indices into ``shown``
+        identity = torch.arange(initial.shape[1], device=initial.device).expand_as(initial)
+        candidates = torch.cat([beams, identity[:, None]], dim=1)  # (B, W + 1, L)
         predicted = torch.stack(
             [
-                self.evaluator.expected_clicks(in_display_order(batch, candidate))
+                self.evaluator.expected_clicks(in_display_order(shown, candidate))
                 for candidate in candidates.unbind(1)
             ],
             dim=1,
         )  # (B, W + 1)
         # A beam is dead when a list had fewer orders to offer than the beam's width.
         usable = torch.cat([alive, torch.ones_like(alive[:, :1])], dim=1)
-        best = predicted.masked_fill(~usable, -float("inf")).argmax(dim=1)  # ties: best beam
-        return candidates[torch.arange(len(best)), best]
+        predicted = predicted.masked_fill(~usable, -float("inf"))
+        # Candidates within float rounding of the best are ties: the first (best beam) wins.
+        near_best = predicted >= predicted.max(dim=1, keepdim=True).values - TIE
+        best = near_best.float().argmax(dim=1)
+        return initial.gather(1, candidates[torch.arange(len(best)), best])
 
     @torch.no_grad()
     def beam_search(self, batch: ListBatch) -> tuple[Tensor, Tensor]:
@@ -106,8 +119,12 @@ class GeneratorEvaluator(Reranker):
             real_left = (unused & real).any(dim=-1, keepdim=True)  # (B, W, 1)
             allowed = unused & (real | ~real_left)
             extended = torch.where(allowed, total[:, :, None] + gain, -float("inf"))
-            total, flat = extended.reshape(n, width * length).topk(width, dim=1)  # (B, W)
-            beam, slot = flat // length, flat % length  # (B, W) each
+            # Slot-major, and a stable sort: among equal totals the item ranked higher in the
+            # initial order wins, whatever the list's padded length.
+            by_slot = extended.transpose(1, 2).reshape(n, length * width)
+            total, flat = by_slot.sort(dim=1, descending=True, stable=True)
+            total, flat = total[:, :width], flat[:, :width]  # (B, W)
+            beam, slot = flat % width, flat // width  # (B, W) each
             prefix_sum, prefix_max = prefix_sum[rows, beam], prefix_max[rows, beam]
             placed_any, unused, orders = (
                 placed_any[rows, beam],
@@ -122,9 +139,3 @@ class GeneratorEvaluator(Reranker):
             unused = unused.scatter(2, slot[..., None], False)
             orders[:, :, rank] = slot
         return orders, torch.isfinite(total)
-
-
-def initial_order(batch: ListBatch) -> Tensor:
-    """(B, L) slot indices in initial-rank order, padding last."""
-    keys = torch.where(batch.mask, batch.positions, torch.iinfo(batch.positions.dtype).max)
-    return keys.argsort(dim=1, stable=True)
