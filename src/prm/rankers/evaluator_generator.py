@@ -26,7 +26,6 @@ from prm.data.batch import ListBatch
 from prm.models.base import Loss, Reranker
 from prm.models.evaluator import ContextClickModel, in_display_order, shown_order
 
-
 TIE = 1e-5  # predicted clicks of a list closer than this are equal (float rounding)
 
 
