@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -9,22 +10,43 @@ from typing import Any
 import numpy as np
 import torch
 
+from prm.data.loaders import DataError
 from prm.io import atomic_path
 
 
 def rng_state(shuffle_generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG the training draws from, as tensors, numbers and strings only, so that a
+    checkpoint loads with ``weights_only=True`` (no unpickling of arbitrary objects)."""
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
+    version, python_state, python_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gauss": float(cached_gauss),
+        },
+        "python": {"version": version, "state": list(python_state), "gauss": python_gauss},
         "shuffle": shuffle_generator.get_state(),
     }
 
 
 def restore_rng_state(state: dict[str, Any], shuffle_generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gauss"],
+        )
+    )
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
     shuffle_generator.set_state(state["shuffle"])
 
 
@@ -38,5 +60,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    # weights_only=False: the checkpoint holds NumPy and Python RNG states we wrote ourselves.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    # weights_only: tensors and plain containers only. A crafted file cannot run code on
+    # load; one that needs more than that is refused as not a checkpoint of ours.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise DataError(
+            f"{path}: not a prm checkpoint (it holds objects other than tensors and plain "
+            f"values, which are not loaded): {str(error).splitlines()[0]}"
+        ) from error
