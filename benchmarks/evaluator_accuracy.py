@@ -20,7 +20,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.stats import kendalltau
 
 from prm.config import load_config
@@ -29,8 +28,14 @@ from prm.data.simulator import load_click_model
 from prm.evaluation.estimate import predicted_clicks
 from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
 from prm.evaluation.report import markdown_table
-from prm.pipeline import EVALUATOR, attach_pv, demo_splits, load_reranker
-from prm.pretrain.ctr import load_ctr
+from prm.pipeline import (
+    CTR_MODEL,
+    EVALUATOR,
+    attach_pv,
+    ctr_sort_scores,
+    demo_splits,
+    load_reranker,
+)
 
 REPORTED_RANKS = (2, 5, 10, 20, 30)
 
@@ -39,23 +44,13 @@ def orderings(demo: Path, test, click_model, seeds: tuple[int, ...]) -> dict[str
     """Scores of each graded ordering of the test lists, from bad to the oracle."""
     rng = np.random.default_rng(0)
     initial = -test.positions.astype(np.float32)
-    ctr = load_ctr(demo / "pretrain" / "ctr_model.pt")
-    with torch.no_grad():
-        ctr_scores = (
-            ctr(
-                torch.from_numpy(np.repeat(test.user_ids, test.list_length)),
-                torch.from_numpy(test.item_ids.ravel()),
-            )
-            .reshape(test.mask.shape)
-            .numpy()
-        )
     quality_feature = test.features[..., -1]  # the noisy quality view, Eq. 2
     scores = {
         "reversed initial": -initial,
         "random": rng.random(test.mask.shape).astype(np.float32),
         "quality feature sort": quality_feature,
         "initial": initial,
-        "CTR-model sort": ctr_scores,
+        "CTR-model sort": ctr_sort_scores(demo / "pretrain" / CTR_MODEL, test),
     }
     for name in ("prm_base", "prm"):
         for seed in seeds:

@@ -128,21 +128,19 @@ def fit(
     examination: np.ndarray | None = None,
 ) -> torch.nn.Module:
     """Build the re-ranker of ``spec`` (seeded by ``train_config.seed``), train it with the
-    shared Trainer and return its best-on-validation weights, in eval mode. A PAL tower
-    configured as fixed is held at ``examination``."""
+    shared Trainer and return its best-on-validation weights, in eval mode. The model takes
+    ``examination`` as it uses one (``Reranker.take_examination``)."""
     torch.manual_seed(train_config.seed)
     model = build_reranker(spec)
     config = spec["config"]
     fixed = config.get("position_bias") in ("exploration", "evaluator")
-    if config.get("position_bias_tower") and fixed:
-        if examination is None:
-            raise ValueError(
-                f"position_bias {config['position_bias']!r} needs its examination curve: the "
-                "exploration lists (lists_explore) or a trained evaluator (--evaluator)"
-            )
-        model.position_bias.fix(examination)
-    elif isinstance(model, GeneratorEvaluator) and examination is not None:
-        model.evaluator.start_examination_at(examination)
+    if config.get("position_bias_tower") and fixed and examination is None:
+        raise ValueError(
+            f"position_bias {config['position_bias']!r} needs its examination curve: the "
+            "exploration lists (lists_explore) or a trained evaluator (--evaluator)"
+        )
+    if examination is not None:
+        model.take_examination(examination)
     trainer = Trainer(
         model,
         train_config,
@@ -311,6 +309,17 @@ def machine() -> str:
     )
 
 
+@torch.no_grad()
+def ctr_sort_scores(ctr_path: str | Path, dataset: ListDataset) -> np.ndarray:
+    """(N, L) the CTR model's click logits of each item alone: the point-wise baseline."""
+    ctr_model = load_ctr(ctr_path)
+    logits = ctr_model(
+        torch.from_numpy(np.repeat(dataset.user_ids, dataset.list_length)),
+        torch.from_numpy(dataset.item_ids.ravel()),
+    )
+    return logits.reshape(dataset.mask.shape).numpy()
+
+
 def demo_splits(data_dir: str | Path) -> tuple[str, ...]:
     """The splits the demo reads: train, valid, test, and the exploration bucket if logged."""
     has_bucket = lists_source(data_dir, EXPLORE).exists()
@@ -347,15 +356,9 @@ def fit_demo(
     timings["evaluator"] = time.perf_counter() - step
 
     test = data.splits["test"]
-    ctr_model = load_ctr(out_dir / "pretrain" / CTR_MODEL)
-    with torch.no_grad():
-        ctr_scores = ctr_model(
-            torch.from_numpy(np.repeat(test.user_ids, test.list_length)),
-            torch.from_numpy(test.item_ids.ravel()),
-        ).reshape(test.mask.shape)
     scores: dict[str, list[np.ndarray]] = {
         "initial": [-test.positions.astype(np.float32)],
-        "ctr_sort": [ctr_scores.numpy()],
+        "ctr_sort": [ctr_sort_scores(out_dir / "pretrain" / CTR_MODEL, test)],
         EVALUATOR: [score_lists(generator, test, device=config.train.device)],
     }
     selected: dict[str, list[dict[str, Any]]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from torch import Tensor, nn
 
 from prm.data.batch import ListBatch
@@ -18,6 +19,10 @@ class Reranker(nn.Module):
     # A list loss has no target in a list without a click, so by default those are skipped in
     # training and in the validation loss; a click model sets this to learn from them too.
     trains_on_lists_without_click = False
+
+    def take_examination(self, examination: np.ndarray) -> None:
+        """Use a measured examination curve (e_k / e_1 per rank, prm.data.examination):
+        a re-ranker with a fixed position-bias tower holds it there; by default, nothing."""
 
     def click_logits(self, batch: ListBatch) -> Tensor:
         return self(batch)

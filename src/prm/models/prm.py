@@ -23,6 +23,7 @@ Shapes: ``B`` lists, ``L`` slots, ``d_in = d_feature + d_pv`` (or ``d_feature`` 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -100,6 +101,11 @@ class PRM(Reranker):
         self.position_bias = (
             PositionBias(config.max_positions) if config.position_bias_tower else None
         )
+
+    def take_examination(self, examination: np.ndarray) -> None:
+        """Hold the tower at ``examination`` when it is configured as fixed."""
+        if self.position_bias is not None and self.config.position_bias != "learned":
+            self.position_bias.fix(examination)
 
     def click_logits(self, batch: ListBatch) -> Tensor:
         """(B, L) logits of the click softmax: ranking scores plus the position-bias tower."""

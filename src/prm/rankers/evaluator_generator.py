@@ -18,6 +18,7 @@ likelihood on the logged lists (lists without a click included), and ranking run
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,6 +46,10 @@ class GeneratorEvaluator(Reranker):
             max_positions=config.max_positions,
             topic_columns=config.topic_columns,
         )
+
+    def take_examination(self, examination: np.ndarray) -> None:
+        """Start the evaluator's examination at the curve, to be learned from there."""
+        self.evaluator.start_examination_at(examination)
 
     def loss(self, batch: ListBatch, loss_fn: Loss) -> Tensor:
         """The evaluator's click negative log-likelihood; ``loss_fn`` (a list loss) is unused."""

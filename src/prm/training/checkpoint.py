@@ -66,6 +66,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise DataError(
-            f"{path}: not a prm checkpoint (it holds objects other than tensors and plain "
-            f"values, which are not loaded): {str(error).splitlines()[0]}"
+            f"{path}: not a prm checkpoint: it holds objects other than tensors and plain "
+            "values, which are not unpickled (a file from elsewhere, or one written before "
+            "stop 11, when RNG states became tensors: train it again)"
         ) from error
