@@ -34,6 +34,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that ``atomic_path`` left in ``folder`` when its process
+    was killed mid-write (a clean exit removes its own); returns what was removed. Call it
+    only where no other process is writing into ``folder``."""
+    stale = sorted(Path(folder).glob(".*.tmp")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def _umask() -> int:
     """The process umask (reading it means setting it, so it is put straight back)."""
     mask = os.umask(0)

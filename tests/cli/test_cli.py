@@ -88,3 +88,15 @@ def test_bad_config_is_rejected_by_name(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["simulate", "--config", str(config), "--out", str(tmp_path / "d")]) == 2
     assert "model.n_head" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_version_and_plain_help(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("prm ")
+    for args in (["--help"], ["benchmark", "--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit):
+            main(args)
+        text = capsys.readouterr().out
+        assert "``" not in text and ":mod:" not in text and "issue " not in text, args

@@ -108,3 +108,22 @@ def test_linear_schedule_falls_to_zero_over_the_epochs(
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.train.lr)
     trainer._set_learning_rate(1.5)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.train.lr / 4)
+
+
+def test_resume_after_a_kill_before_the_reports_completes_them_and_clears_temporaries(
+    tiny_data_dir: Path, tiny_config, tmp_path: Path
+) -> None:
+    """A kill after the last checkpoint but before its reports, with a write cut short: the
+    resumed run trains nothing, writes the full reports and removes the stale temporary."""
+    data = load_list_data(tiny_data_dir)
+    base = replace(tiny_config.model, use_pv=False)
+    run = tmp_path / "run"
+    train_reranker(tiny_config, data, run, model_config=base, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    epochs = len(metrics["history"])
+    metrics["history"] = metrics["history"][:-1]  # the reports of one epoch fewer
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    train_reranker(tiny_config, data, run, model_config=base, resume=True, progress=False)
+    assert len(json.loads((run / "metrics.json").read_text())["history"]) == epochs
+    assert not list(run.glob(".*.tmp"))

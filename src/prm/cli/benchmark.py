@@ -43,7 +43,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``benchmark`` to the ``prm`` command."""
-    help_text = "train and compare every re-ranker on a real dataset (issue 4)"
+    help_text = "train and compare every re-ranker on a real dataset"
     sub = commands.add_parser("benchmark", help=help_text, description=help_text)
     sub.add_argument(
         "suite", help="mq2008, ml100k or lgbm_rank (configs/bench_<suite>.yaml), or a YAML path"

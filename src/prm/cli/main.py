@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from prm import __version__
 from prm.cli import benchmark, serving
 from prm.config import ConfigError, ExperimentConfig, PRMConfig, load_config
 from prm.data.loaders import DataError
@@ -164,7 +165,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="prm",
+        description="Personalized re-ranking (PRM, RecSys 2019) and the system around it: "
+        "simulate logs, pre-train personalized vectors, train and compare re-rankers, export "
+        "and serve them. Each command prints where its artifacts went.",
+    )
+    parser.add_argument("--version", action="version", version=f"prm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
@@ -226,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--pv", help="folder written by `prm pretrain` (for PRM)")
     sub.add_argument("--split", default="test", choices=["train", "valid", "test"])
 
-    sub = command("demo", cmd_demo, "simulate, pre-train, train PRM-BASE and PRM, compare")
+    sub = command(
+        "demo",
+        cmd_demo,
+        "simulate, pre-train, train the evaluator-generator, PRM-BASE and PRM, compare",
+    )
     sub.add_argument("--out", default="runs/demo", help="output folder")
     serving.register(commands)  # export, serve, rerank, explain
     benchmark.register(commands)  # benchmark <suite>

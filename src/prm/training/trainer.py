@@ -32,7 +32,7 @@ from prm.data.batch import ListBatch, ListDataset
 from prm.data.streaming import InMemoryLists, TrainingLists, prefetch, to_device
 from prm.evaluation.evaluate import evaluate_scores, score_lists
 from prm.evaluation.plots import plot_training_curve
-from prm.io import write_json
+from prm.io import remove_stale_temporaries, write_json
 from prm.training import distributed
 from prm.training.checkpoint import (
     load_checkpoint,
@@ -144,6 +144,8 @@ class Trainer:
         ``train`` is a split in memory, or lists streamed from shards (a ``ListStream``).
         """
         checkpoint_path = self.run_dir / CHECKPOINT
+        if self.rank == 0:  # writes killed mid-way by an earlier run of this folder
+            remove_stale_temporaries(self.run_dir)
         if resume:
             # Rank 0 reads, all restore: the run folder need only exist where rank 0 runs.
             found = self.rank == 0 and checkpoint_path.is_file()
@@ -158,6 +160,9 @@ class Trainer:
             else train
         )
         state = self.state
+        # A run killed after its last checkpoint but before its reports resumes with every
+        # epoch done: it must still leave the reports complete.
+        reports_behind = resume and bool(state.history)
         while state.epoch < self.config.epochs and not self._stopped():
             started = time.perf_counter()
             train_loss = self.train_epoch(lists, state.epoch + 1)
@@ -183,6 +188,9 @@ class Trainer:
                 save_checkpoint(checkpoint_path, checkpoint)
                 if self.reports:
                     self._write_reports()
+            reports_behind = False
+        if reports_behind and self.rank == 0 and self.reports:
+            self._write_reports()
         if state.best_weights is not None:
             self.model.load_state_dict(state.best_weights)
         return state
