@@ -30,6 +30,13 @@ class ListBatch:
         return ListBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
 
+def slots_by_rank(ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) slot indices sorted by ``ranks`` ((B, L), lowest first), padded slots last;
+    equal ranks keep slot order."""
+    keys = torch.where(mask, ranks, torch.iinfo(ranks.dtype).max)
+    return keys.argsort(dim=-1, stable=True)
+
+
 @dataclass(frozen=True)
 class ListDataset:
     """NumPy arrays of ``N`` padded lists, the in-memory form of a split.

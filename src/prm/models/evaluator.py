@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prm.data.batch import ListBatch
+from prm.data.batch import ListBatch, slots_by_rank
 from prm.models.layers import topic_counts
 
 # Adam moves each weight by about the learning rate per step, and one rank's examination gets
@@ -168,8 +168,7 @@ class ContextClickModel(nn.Module):
 def shown_order(batch: ListBatch) -> Tensor:
     """(B, L) slot indices in the order of ``positions`` (the rank each was shown at),
     padding last."""
-    keys = torch.where(batch.mask, batch.positions, torch.iinfo(batch.positions.dtype).max)
-    return keys.argsort(dim=1, stable=True)
+    return slots_by_rank(batch.positions, batch.mask)
 
 
 def in_display_order(batch: ListBatch, order: Tensor) -> ListBatch:

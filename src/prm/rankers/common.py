@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from prm.config import from_dict
-from prm.data.batch import ListBatch
+from prm.data.batch import ListBatch, slots_by_rank
 from prm.models.base import Reranker
 
 
@@ -62,8 +62,7 @@ def run_in_initial_order(
     length = x.shape[1]
     mask = batch.mask
     reading_rank = -batch.positions if bottom_up else batch.positions  # (B, L)
-    keys = torch.where(mask, reading_rank, torch.iinfo(reading_rank.dtype).max)  # (B, L)
-    order = keys.argsort(dim=-1, stable=True)  # (B, L): slots in reading order, padding last
+    order = slots_by_rank(reading_rank, mask)  # (B, L): slots in reading order, padding last
     ordered = x.gather(1, order[..., None].expand_as(x))  # (B, L, d_in)
     lengths = mask.sum(dim=-1).clamp(min=1).cpu()  # (B,)
     packed = pack_padded_sequence(ordered, lengths, batch_first=True, enforce_sorted=False)
