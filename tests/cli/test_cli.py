@@ -41,6 +41,27 @@ def test_simulate_pretrain_train_evaluate(tmp_path: Path, capsys: pytest.Capture
     assert {"ndcg@10", "map@10", "p@5", "expected_clicks"} <= metrics.keys()
     assert "ndcg@10" in capsys.readouterr().out
 
+    # Off-policy estimates from the exploration bucket, graded by the truth beside them.
+    offpolicy = ["evaluate", *args, "--run", str(run), "--offpolicy", "--bootstrap", "50"]
+    assert main([*offpolicy, "--evaluator", str(evaluator)]) == 0
+    report = json.loads((run / "offpolicy.json").read_text())
+    assert report["lists"] == 200 and report["uniform_bucket"]
+    for name in ("dm_evaluator", "dm_pbm", "ips", "snips", "pi", "snpi", "rank_ips", "dr"):
+        estimate = report["estimates"][name]
+        assert estimate["low"] <= estimate["value"] <= estimate["high"], name
+    assert "truth (simulator)" in capsys.readouterr().out
+
+    # Without a bucket: a clear error, and nothing written.
+    no_bucket = tmp_path / "no_bucket"
+    shutil.copytree(data, no_bucket)
+    (no_bucket / "lists_explore.parquet").unlink()
+    (run / "offpolicy.json").unlink()
+    (run / "eval_test.json").unlink()
+    offpolicy[offpolicy.index("--data") + 1] = str(no_bucket)
+    assert main(offpolicy) == 2
+    assert "no exploration bucket" in capsys.readouterr().err
+    assert not (run / "offpolicy.json").exists() and not (run / "eval_test.json").exists()
+
 
 def test_demo_writes_the_results_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["demo", "--config", TINY, "--out", str(tmp_path), "--quiet"]) == 0

@@ -33,6 +33,9 @@ LIST_SCHEMA = pa.schema(
         ("clicks", pa.list_(pa.int8())),
     ]
 )
+# The exploration bucket also records each shown item's rank in the initial list, so a target
+# re-ranker can be run on the request it would have received (off-policy evaluation).
+EXPLORE_SCHEMA = LIST_SCHEMA.append(pa.field("initial_ranks", pa.list_(pa.int16())))
 
 
 @dataclass(frozen=True)
@@ -311,14 +314,18 @@ def simulate_split(
     for start in range(0, n_lists, CHUNK):
         users = user_ids[start : start + CHUNK]
         items = initial_lists(config, world, users, rng)
+        chunk = {}
         if shuffle:
+            initial = items
             items = rng.permuted(items, axis=1)
+            # Items of a list are distinct: each shown item's slot in the initial list.
+            chunk["initial_ranks"] = (items[:, :, None] == initial[:, None, :]).argmax(axis=2)
         mask = np.ones(items.shape, dtype=bool)
         probabilities = model.click_probabilities(users, items, mask)
         clicks = (rng.random(items.shape) < probabilities).astype(np.int8)
         oracle = np.take_along_axis(items, model.greedy_oracle(users, items, mask), axis=1)
         bar.update(len(users))
-        yield {
+        yield chunk | {
             "user_ids": users,
             "item_ids": items,
             "clicks": clicks,
@@ -363,18 +370,20 @@ def simulate(config: SimulatorConfig, out_dir: str | Path, progress: bool = True
             split,
             shuffle=split == EXPLORE,
         )
-        with ListWriter(out_dir, split, config.shard_lists, LIST_SCHEMA) as writer:
+        schema = EXPLORE_SCHEMA if split == EXPLORE else LIST_SCHEMA
+        with ListWriter(out_dir, split, config.shard_lists, schema) as writer:
             for chunk in chunks:
                 n = len(chunk["user_ids"])
-                table = pa.table(
-                    {
-                        "list_id": np.arange(list_offset, list_offset + n, dtype=np.int64),
-                        "user_id": chunk["user_ids"].astype(np.int32),
-                        "item_ids": _list_column(chunk["item_ids"].astype(np.int32), pa.int32()),
-                        "clicks": _list_column(chunk["clicks"], pa.int8()),
-                    },
-                    schema=LIST_SCHEMA,
-                )
+                columns = {
+                    "list_id": np.arange(list_offset, list_offset + n, dtype=np.int64),
+                    "user_id": chunk["user_ids"].astype(np.int32),
+                    "item_ids": _list_column(chunk["item_ids"].astype(np.int32), pa.int32()),
+                    "clicks": _list_column(chunk["clicks"], pa.int8()),
+                }
+                if "initial_ranks" in chunk:
+                    ranks = chunk["initial_ranks"].astype(np.int16)
+                    columns["initial_ranks"] = _list_column(ranks, pa.int16())
+                table = pa.table(columns, schema=schema)
                 writer.write(table)
                 list_offset += n
                 clicks = chunk["clicks"].sum(axis=1)

@@ -17,6 +17,27 @@ from prm.models.evaluator import ContextClickModel, in_display_order
 
 
 @torch.no_grad()
+def predicted_click_probabilities(
+    evaluator: ContextClickModel,
+    dataset: ListDataset,
+    scores: np.ndarray,
+    batch_size: int = 2048,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(N, L) the evaluator's click probability of each slot's item when the list is shown in
+    the order of ``scores`` (ties keep the initial order, as in every metric); 0 at padding."""
+    evaluator.eval()
+    order = torch.from_numpy(rank_order(scores, dataset.mask, dataset.positions))
+    out = np.zeros(dataset.mask.shape, dtype=np.float32)
+    for start in range(0, len(dataset), batch_size):
+        rows = slice(start, start + batch_size)
+        batch = dataset.batch(np.arange(len(dataset))[rows])
+        shown = evaluator.click_probabilities(in_display_order(batch, order[rows]).to(device))
+        # (b, L) in display order, back to each item's slot
+        np.put_along_axis(out[rows], order[rows].numpy(), shown.cpu().numpy(), axis=1)
+    return out
+
+
 def predicted_clicks(
     evaluator: ContextClickModel,
     dataset: ListDataset,
@@ -24,16 +45,9 @@ def predicted_clicks(
     batch_size: int = 2048,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """(N,) the evaluator's expected clicks of each list shown in the order of ``scores``
-    (ties keep the initial order, as in every metric)."""
-    evaluator.eval()
-    order = torch.from_numpy(rank_order(scores, dataset.mask, dataset.positions))
-    parts = []
-    for start in range(0, len(dataset), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(dataset)))
-        batch = in_display_order(dataset.batch(rows), order[rows]).to(device)
-        parts.append(evaluator.expected_clicks(batch).cpu().numpy())
-    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    """(N,) the evaluator's expected clicks of each list shown in the order of ``scores``."""
+    probabilities = predicted_click_probabilities(evaluator, dataset, scores, batch_size, device)
+    return probabilities.sum(axis=1)
 
 
 class EstimatedClicks:

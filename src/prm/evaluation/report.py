@@ -65,3 +65,29 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def p_value_cell(value: float | None) -> str:
     """A p-value as every table here prints it: 3 decimals, scientific below 0.001."""
     return _p(value)
+
+
+def _interval(estimate: dict[str, Any]) -> list[str]:
+    if estimate["value"] is None:
+        return ["–", estimate["note"]]
+    return [f"{estimate['value']:.4f}", f"[{estimate['low']:.4f}, {estimate['high']:.4f}]"]
+
+
+def offpolicy_table(report: dict[str, Any]) -> str:
+    """One row per off-policy estimator: clicks per list and gain over the initial order, each
+    with its 95 % interval (``prm evaluate --offpolicy``), and the truth when known."""
+    rows = [
+        [name, *_interval(estimate), *_interval(report["gain_over_initial"][name])]
+        for name, estimate in report["estimates"].items()
+    ]
+    if "truth" in report:
+        truth = report["truth"]
+        clicks, gain = f"{truth['expected_clicks']:.4f}", f"{truth['gain_over_initial']:+.4f}"
+        rows.append(["truth (simulator)", clicks, "", gain, ""])
+    header = ["estimator", "clicks per list", "95 % interval", "gain over initial", "95 % interval"]
+    bucket = "uniformly shuffled" if report["uniform_bucket"] else "logged propensities"
+    return (
+        markdown_table(header, rows)
+        + f"\n\n{report['lists']} exploration-bucket lists ({bucket}); "
+        "intervals: bootstrap over lists."
+    )
