@@ -221,6 +221,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'results.json'}")
 
 
+def cmd_loop(args: argparse.Namespace) -> None:
+    from prm.deployment import loop_table, retraining_loop
+
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
+    report = retraining_loop(
+        _config(args), args.out, args.rounds, demo_dir=args.from_demo, progress=not args.quiet
+    )
+    print()
+    print(loop_table(report))
+    print(f"machine: {report['machine']}; seconds: {report['seconds']}")
+    print(f"wrote {Path(args.out) / 'loop.json'} and loop.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prm",
@@ -310,6 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate, pre-train, train the evaluator-generator, PRM-BASE and PRM, compare",
     )
     sub.add_argument("--out", default="runs/demo", help="output folder")
+
+    sub = command(
+        "loop",
+        cmd_loop,
+        "deploy PRM in the simulator, log the clicks of the lists it shows, retrain on those "
+        "logs, and repeat; each round prints the estimates from the logs beside the truth",
+    )
+    sub.add_argument("--out", default="runs/loop", help="output folder")
+    sub.add_argument("--rounds", type=int, default=3, help="rounds, the first included")
+    sub.add_argument(
+        "--from-demo",
+        help="a finished `prm demo` folder with the same config: its PRM (first seed) is round "
+        "1; without it round 1 is simulated and trained here",
+    )
     serving.register(commands)  # export, serve, rerank, explain
     benchmark.register(commands)  # benchmark <suite>
     return parser
