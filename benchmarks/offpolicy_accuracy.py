@@ -36,14 +36,13 @@ from tqdm import tqdm
 from prm.config import ExperimentConfig, load_config
 from prm.data.batch import ListDataset
 from prm.data.examination import EXPLORE
-from prm.data.exploration import ExplorationLog, deterministic_log, exploration_log
+from prm.data.exploration import ExplorationLog, exploration_log
 from prm.data.loaders import load_list_data
 from prm.data.simulator import load_click_model, simulate_split, simulated_world
 from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
 from prm.evaluation.offpolicy import (
     ESTIMATORS,
     OffPolicyEvaluator,
-    Terms,
     bootstrap_weights,
     fit_position_based,
 )
@@ -65,14 +64,6 @@ from prm.training.trainer import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRA_PRM_EPOCHS = (1, 4)  # beside the demo's 2
-# Also run on ordinary logs (shown in the initial order, no randomization), alone and with the
-# bucket: they need only the shown rank.
-LOG_ESTIMATORS = ("rank_ips", "dr_rank")
-ALL_ESTIMATORS = (
-    *ESTIMATORS,
-    *(f"{name} (held-out logs)" for name in LOG_ESTIMATORS),
-    *(f"{name} (bucket + held-out logs)" for name in LOG_ESTIMATORS),
-)
 N_BOOTSTRAP = 500
 
 
@@ -99,11 +90,10 @@ def trained_prm(config: ExperimentConfig, data, work: Path, epochs: int, evaluat
     return model.eval()
 
 
-def fresh_log(config, world, rng, n_lists: int, items, ctr, shuffle: bool) -> ExplorationLog:
-    """``n_lists`` new lists of the demo's world with PV: an exploration bucket (``shuffle``)
-    or ordinary logs, shown in the initial order."""
+def fresh_bucket(config, world, rng, n_lists: int, items, ctr) -> ExplorationLog:
+    """``n_lists`` new exploration lists of the demo's world, with PV, as a bucket."""
     chunks = list(
-        simulate_split(config.simulator, world, n_lists, rng, progress=False, shuffle=shuffle)
+        simulate_split(config.simulator, world, n_lists, rng, progress=False, shuffle=True)
     )
     item_ids = np.concatenate([c["item_ids"] for c in chunks]).astype(np.int64)
     user_ids = np.concatenate([c["user_ids"] for c in chunks]).astype(np.int64)
@@ -118,8 +108,6 @@ def fresh_log(config, world, rng, n_lists: int, items, ctr, shuffle: bool) -> Ex
         list_ids=np.arange(n_lists),
         item_ids=item_ids,
     )
-    if not shuffle:
-        return deterministic_log(shown)
     return exploration_log(shown, np.concatenate([c["initial_ranks"] for c in chunks]), None)
 
 
@@ -168,12 +156,11 @@ def main() -> None:
     ctr = load_ctr(demo / "pretrain" / CTR_MODEL)
 
     # estimates[budget][estimator] -> (resamples, orderings, 3): value, low, high
-    estimates = {b: {e: [] for e in ALL_ESTIMATORS} for b in budgets}
+    estimates = {b: {e: [] for e in ESTIMATORS} for b in budgets}
     true_sum, n_true = None, 0
     names: list[str] = []
     for resample in tqdm(range(args.resamples), desc="resamples of the bucket"):
-        log = fresh_log(config, world, rng, budgets[-1], data.items, ctr, shuffle=True)
-        held_out = fresh_log(config, world, rng, budgets[-1], data.items, ctr, shuffle=False)
+        log = fresh_bucket(config, world, rng, budgets[-1], data.items, ctr)
         scores = ordering_scores(log.requests, models, demo, click_model, rng)
         names = list(scores)
         truth = np.array(
@@ -183,24 +170,12 @@ def main() -> None:
         n_true += len(log)
         ope = OffPolicyEvaluator(log, evaluator, pbm)
         terms = [ope.terms(s) for s in scores.values()]
-        held_out_scores = ordering_scores(held_out.requests, models, demo, click_model, rng)
-        ope_logs = OffPolicyEvaluator(held_out, evaluator, pbm)
-        for ordering, s in zip(terms, held_out_scores.values(), strict=True):
-            logged_terms = ope_logs.terms(s)
-            for name in LOG_ESTIMATORS:
-                ordering[f"{name} (held-out logs)"] = logged_terms[name]
         for budget in budgets:
             weights = bootstrap_weights(budget, N_BOOTSTRAP, seed=resample)
-            both_weights = bootstrap_weights(2 * budget, N_BOOTSTRAP, seed=resample)
-            for estimator in ALL_ESTIMATORS:
+            for estimator in ESTIMATORS:
                 rows = []
                 for ordering in terms:
-                    if estimator.endswith("(bucket + held-out logs)"):
-                        name = estimator.split(" ")[0]
-                        parts = [ordering[name], ordering[f"{name} (held-out logs)"]]
-                        values = Terms.concat([t.head(budget) for t in parts]).value(both_weights)
-                    else:
-                        values = ordering[estimator].head(budget).value(weights)
+                    values = ordering[estimator].head(budget).value(weights)
                     rows.append([values[0], *np.percentile(values[1:], [2.5, 97.5])])
                 estimates[budget][estimator].append(rows)
     truth = true_sum / n_true
@@ -209,7 +184,7 @@ def main() -> None:
     summary: dict = {}
     for budget in budgets:
         summary[budget] = {}
-        for estimator in ALL_ESTIMATORS:
+        for estimator in ESTIMATORS:
             values = np.array(estimates[budget][estimator])  # (R, O, 3)
             taus = [kendalltau(v[:, 0], truth).statistic for v in values]
             errors = 100 * np.abs(values[:, :, 0] - truth) / gain  # (R, O)
@@ -262,14 +237,11 @@ def main() -> None:
     print(
         f"\nError per ordering (% of the oracle's gain, mean estimate - truth), {largest} lists:\n"
     )
-    header = ["ordering", *ALL_ESTIMATORS]
+    header = ["ordering", *ESTIMATORS]
     rows = [
         [
             n,
-            *(
-                f"{summary[largest][e]['error_pct_gain_by_ordering'][n]:+.1f}"
-                for e in ALL_ESTIMATORS
-            ),
+            *(f"{summary[largest][e]['error_pct_gain_by_ordering'][n]:+.1f}" for e in ESTIMATORS),
         ]
         for n in names
     ]

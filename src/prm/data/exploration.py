@@ -155,15 +155,3 @@ def _check_propensities(
             "is not in (0, 1]: it is the chance the logging policy gave this item at this rank, "
             "and it did show it there"
         )
-
-
-def deterministic_log(shown: ListDataset) -> ExplorationLog:
-    """Ordinary logs (each list shown in its initial order) in the bucket's form: propensity 1
-    at every slot, so IPS reports any re-ordering as outside the support, while estimators
-    that need only the shown rank (examination-ratio IPS, its doubly robust form) use them."""
-    return ExplorationLog(
-        requests=shown,
-        shown_ranks=np.where(shown.mask, shown.positions, 0).astype(np.int64),
-        propensities=shown.mask.astype(np.float64),
-        uniform=False,
-    )

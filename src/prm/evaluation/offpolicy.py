@@ -88,12 +88,6 @@ class Terms:
         """The terms of the first ``n_lists`` lists (a smaller log)."""
         return Terms(*(part[:n_lists] for part in (self.numerator, self.denominator, self.present)))
 
-    @classmethod
-    def concat(cls, parts: list[Terms]) -> Terms:
-        """The terms of several logs' lists together (each must have the same columns)."""
-        fields = zip(*((t.numerator, t.denominator, t.present) for t in parts), strict=True)
-        return cls(*(np.concatenate(field) for field in fields))
-
     def value(self, weights: np.ndarray) -> np.ndarray:
         """(B,) the estimate under each row of list weights (B, N)."""
         num, den = weights @ self.numerator, weights @ self.denominator
