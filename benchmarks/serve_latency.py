@@ -81,9 +81,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_service(bundle: Path, port: int, log: Path) -> subprocess.Popen:
+SERVE_ARGS = ["--host", "127.0.0.1", "--workers", "1", "--threads", "1"]
+
+
+def start_service(
+    bundle: Path, port: int, log: Path, serve_args: list[str] = SERVE_ARGS
+) -> subprocess.Popen:
+    """`prm serve` in a subprocess, returned once /healthz answers 200."""
     command = [sys.executable, "-m", "prm.cli.main", "serve", "--model", str(bundle)]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--threads", "1"]
+    command += ["--port", str(port), *serve_args]
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from prm.serving.app import Service, create_app
+from prm.serving.app import ServeLimits, Service, create_app
 from prm.serving.predictor import Predictor
 
 with warnings.catch_warnings():  # starlette would rather have httpx2; httpx works the same
@@ -23,7 +23,7 @@ MAX_BODY = 64 * 1024
 def client_for(predictor: Predictor) -> TestClient:
     service = Service(lambda: predictor)
     service.load()
-    return TestClient(create_app(service, max_body_bytes=MAX_BODY))
+    return TestClient(create_app(service, limits=ServeLimits(max_body_bytes=MAX_BODY)))
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +247,7 @@ def test_metrics_count_requests_latency_and_errors(client: TestClient) -> None:
 
 def test_openapi_schema_documents_the_api_with_examples(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
-    assert {"/rerank", "/healthz", "/livez", "/metrics"} <= schema["paths"].keys()
+    assert {"/rerank", "/healthz", "/readyz", "/livez", "/metrics"} <= schema["paths"].keys()
     assert {"413", "422", "503"} <= schema["paths"]["/rerank"]["post"]["responses"].keys()
     request = schema["components"]["schemas"]["RerankRequest"]
     assert request["examples"][0]["user"] == {"user_id": 0}

@@ -25,11 +25,18 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from prm.serving.app import serve
+    from prm.serving.app import ServeLimits, serve
     from prm.serving.bundle import read_manifest
 
-    if min(args.workers, args.threads, args.max_body_bytes) < 1:
-        raise ConfigError("--workers, --threads and --max-body-bytes must be at least 1")
+    if min(args.workers, args.threads) < 1:
+        raise ConfigError("--workers and --threads must be at least 1")
+    limits = ServeLimits(
+        max_body_bytes=args.max_body_bytes,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        limit_concurrency=args.limit_concurrency,
+    )
     read_manifest(args.model)  # a wrong path fails here, not in every worker
     serve(
         args.model,
@@ -38,7 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         port=args.port,
         workers=args.workers,
         threads=args.threads,
-        max_body_bytes=args.max_body_bytes,
+        limits=limits,
+        api_key_env=args.api_key_env,
+        allow_unauthenticated=args.allow_unauthenticated,
         access_log=args.access_log,
     )
 
@@ -99,14 +108,63 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument("--out", required=True, help="bundle folder to write (replaced if a bundle)")
     sub.add_argument("--version", help="model version to report (default: run name + hash)")
 
-    sub = command("serve", cmd_serve, "serve POST /rerank over HTTP (FastAPI + uvicorn)")
+    sub = command(
+        "serve",
+        cmd_serve,
+        "serve POST /rerank over HTTP (FastAPI + uvicorn); docs/serving.md describes the API",
+    )
     model_args(sub)
     sub.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
-    sub.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sub.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1); any other than loopback wants --api-key-env "
+        "or --allow-unauthenticated",
+    )
     sub.add_argument("--port", type=int, default=8000)
     sub.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    sub.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger requests get 413")
     sub.add_argument("--access-log", action="store_true", help="log every request")
+    limits = sub.add_argument_group("limits, per worker (docs/serving.md: what each protects)")
+    limits.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413 (default 1 MiB)"
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a request head may take, from connecting or from its first byte; then "
+        "the connection is closed (default 10)",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds from the head to the complete body; then 408 (default 10)",
+    )
+    limits.add_argument(
+        "--keep-alive-timeout",
+        type=int,
+        default=5,
+        help="seconds an idle connection stays open after an answer (default 5)",
+    )
+    limits.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=4096,
+        help="open connections beyond which every request gets 503 at once (default 4096)",
+    )
+    auth = sub.add_argument_group("authentication")
+    auth.add_argument(
+        "--api-key-env",
+        metavar="VARIABLE",
+        help="environment variable holding the API key (16+ characters); every path but "
+        "/healthz, /readyz and /livez then wants it as X-API-Key or Authorization: Bearer",
+    )
+    auth.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="bind beyond loopback without an API key (something in front must authenticate)",
+    )
 
     sub = command("rerank", cmd_rerank, "re-rank a Parquet list log offline")
     model_args(sub)

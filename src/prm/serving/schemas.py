@@ -8,7 +8,7 @@ names the field, never a 5xx.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -111,12 +111,24 @@ class RerankResponse(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    loc: list[str | int] = Field(description="where in the request, e.g. body.items.3.item_id")
-    msg: str
-    type: str
+    loc: list[str | int] = Field(
+        description="where in the request: ['body', 'items', 3, 'item_id'] is the body's "
+        "items[3].item_id; ['header', 'x-api-key'], ['path'], ['method']; [] for the model"
+    )
+    msg: str = Field(description="what is wrong, and what the service accepts")
+    type: str = Field(description="a stable name for the kind of error")
 
 
 class ErrorResponse(BaseModel):
-    """The body of every 4xx and 503: what went wrong and in which field."""
+    """The body of every error answer (4xx and 503): what went wrong and where."""
 
-    detail: list[ErrorDetail] | str
+    detail: list[ErrorDetail]
+
+
+class Health(BaseModel):
+    """Readiness (/readyz, /healthz) and liveness (/livez)."""
+
+    status: Literal["loading", "ready", "failed", "alive"]
+    model_version: str | None = None
+    backend: str | None = None
+    error: str | None = Field(None, description="why loading failed; no file paths")
