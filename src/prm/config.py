@@ -117,6 +117,9 @@ class EvaluatorConfig:
     beam_width: int = 1  # partial lists kept per step; 1 is greedy placement
     max_positions: int = 128  # ranks the examination term covers: the longest list served
     topic_columns: int = 0  # as PRMConfig.topic_columns: the list's topic count as an input
+    # Hold the examination at the curve it starts from instead of learning it: for logs where
+    # rank and appeal are more confounded than where the curve was measured (prm loop).
+    hold_examination: bool = False
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,9 @@ def enumerated(context: bool = False, propensities: np.ndarray | None = None):
         for vector in itertools.product((0, 1), repeat=3):
             shown.append(order)
             clicks.append(vector)
-            probability.append(np.prod([pk if c else 1 - pk for pk, c in zip(p, vector)]) / 6)
+            probability.append(
+                np.prod([pk if c else 1 - pk for pk, c in zip(p, vector, strict=True)]) / 6
+            )
     items = np.array(shown)
     n = len(items)
     lists = ListDataset(
@@ -118,7 +120,7 @@ def test_pseudo_inverse_weights_match_the_numerical_pseudo_inverse(n) -> None:
     gamma = np.mean([np.outer(indicator(o), indicator(o)) for o in orders], axis=0)
     target = indicator(orders[-1])
     for order in orders:
-        matches = sum(a == b for a, b in zip(order, orders[-1]))
+        matches = sum(a == b for a, b in zip(order, orders[-1], strict=True))
         numerical = target @ np.linalg.pinv(gamma) @ indicator(order)
         assert pseudo_inverse_weights(np.array(matches), np.array(n)) == pytest.approx(numerical)
 

@@ -143,3 +143,21 @@ def test_loss_trains_the_evaluator_toward_the_clicks() -> None:
         model.loss(batch, None).backward()
         optimizer.step()
     assert model.loss(batch, None).item() < 0.8 * before
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_examination_is_learned_or_held_at_its_start(hold: bool) -> None:
+    model = GeneratorEvaluator(EvaluatorConfig(d_hidden=8, hold_examination=hold), 4, 2)
+    curve = 1 / np.arange(1, 129)
+    model.take_examination(curve)
+    start = model.evaluator.relative_examination(10)
+    np.testing.assert_allclose(start, curve[:10], rtol=1e-5)
+    batch = random_list_batch([6, 10], 10, d_feature=4, d_pv=2)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=0.05)
+    for _ in range(5):
+        optimizer.zero_grad()
+        model.loss(batch, None).backward()
+        optimizer.step()
+    moved = not np.allclose(model.evaluator.relative_examination(10), start)
+    assert moved != hold

@@ -48,8 +48,10 @@ class GeneratorEvaluator(Reranker):
         )
 
     def take_examination(self, examination: np.ndarray) -> None:
-        """Start the evaluator's examination at the curve, to be learned from there."""
+        """Start the evaluator's examination at the curve, to be learned from there, or held
+        there with ``hold_examination``."""
         self.evaluator.start_examination_at(examination)
+        self.evaluator.examination.weight.requires_grad_(not self.config.hold_examination)
 
     def loss(self, batch: ListBatch, loss_fn: Loss) -> Tensor:
         """The evaluator's click negative log-likelihood; ``loss_fn`` (a list loss) is unused."""
