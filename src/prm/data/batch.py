@@ -6,7 +6,7 @@ softmax, attention, loss and metrics by that mask alone, never by a sentinel lab
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -67,6 +67,57 @@ class ListDataset:
             shape = getattr(self, name).shape[: len(expected)]
             if shape != expected:
                 raise ValueError(f"ListDataset.{name} has shape {shape}, expected {expected}")
+
+    @classmethod
+    def from_arrays(
+        cls,
+        features: Sequence[np.ndarray] | np.ndarray,
+        labels: Sequence[np.ndarray] | np.ndarray,
+        *,
+        pv: Sequence[np.ndarray] | np.ndarray | None = None,
+        user_ids: Sequence[int] | np.ndarray | None = None,
+        list_ids: Sequence[int] | np.ndarray | None = None,
+        item_ids: Sequence[np.ndarray] | np.ndarray | None = None,
+    ) -> ListDataset:
+        """Lists from in-memory arrays, items of each list in their initial order: per list a
+        (n_i, d) feature array and (n_i,) labels (clicks or graded relevance), or (N, L, d) and
+        (N, L) arrays of equal-length lists. ``pv`` as ``features``; ids default to 0..N-1
+        (lists), 0 (users) and 0..n_i-1 (items)."""
+        feature_rows = [np.asarray(f, np.float32) for f in features]
+        n = len(feature_rows)
+        if len(labels) != n:
+            raise ValueError(f"labels: {len(labels)} lists, features has {n}")
+        padded, mask = pad_lists(feature_rows)
+        label_rows = [np.asarray(y, np.float32) for y in labels]
+        for i, (x, y) in enumerate(zip(feature_rows, label_rows, strict=True)):
+            if x.ndim != 2 or y.shape != (len(x),):
+                raise ValueError(
+                    f"list {i}: features must be (n, d) and labels (n,), got {x.shape} and "
+                    f"{y.shape}"
+                )
+            if not (np.isfinite(x).all() and np.isfinite(y).all()):
+                raise ValueError(f"list {i}: features or labels hold NaN or inf")
+        length = mask.shape[1]
+        pv_rows = (
+            [np.zeros((len(x), 0), np.float32) for x in feature_rows]
+            if pv is None
+            else [np.asarray(v, np.float32) for v in pv]
+        )
+        items = (
+            [np.arange(len(x)) for x in feature_rows]
+            if item_ids is None
+            else [np.asarray(i, np.int64) for i in item_ids]
+        )
+        return cls(
+            features=padded,
+            pv=pad_lists(pv_rows, length)[0],
+            mask=mask,
+            labels=pad_lists([y[:, None] for y in label_rows], length)[0][..., 0],
+            positions=np.broadcast_to(np.arange(length), mask.shape) * mask,
+            user_ids=np.zeros(n, np.int64) if user_ids is None else np.asarray(user_ids),
+            list_ids=np.arange(n) if list_ids is None else np.asarray(list_ids),
+            item_ids=pad_lists([i[:, None] for i in items], length, dtype=np.int64)[0][..., 0],
+        )
 
     def __len__(self) -> int:
         return self.mask.shape[0]
