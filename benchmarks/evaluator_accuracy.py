@@ -20,46 +20,30 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from offpolicy_accuracy import ordering_scores
 from scipy.stats import kendalltau
 
 from prm.config import load_config
 from prm.data.loaders import load_list_data
 from prm.data.simulator import load_click_model
 from prm.evaluation.estimate import predicted_clicks
-from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
+from prm.evaluation.evaluate import expected_clicks
 from prm.evaluation.report import markdown_table
-from prm.pipeline import (
-    CTR_MODEL,
-    EVALUATOR,
-    attach_pv,
-    ctr_sort_scores,
-    demo_splits,
-    load_reranker,
-)
+from prm.pipeline import EVALUATOR, attach_pv, demo_splits, load_reranker
 
 REPORTED_RANKS = (2, 5, 10, 20, 30)
 
 
-def orderings(demo: Path, test, click_model, seeds: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Scores of each graded ordering of the test lists, from bad to the oracle."""
-    rng = np.random.default_rng(0)
-    initial = -test.positions.astype(np.float32)
-    quality_feature = test.features[..., -1]  # the noisy quality view, Eq. 2
-    scores = {
-        "reversed initial": -initial,
-        "random": rng.random(test.mask.shape).astype(np.float32),
-        "quality feature sort": quality_feature,
-        "initial": initial,
-        "CTR-model sort": ctr_sort_scores(demo / "pretrain" / CTR_MODEL, test),
-    }
+def graded_models(demo: Path, seeds: tuple[int, ...]) -> dict:
+    """The demo's trained re-rankers, PRM-BASE and PRM per seed, then the evaluator-generator."""
+    models = {}
     for name in ("prm_base", "prm"):
         for seed in seeds:
             run = demo / "runs" / f"{name}_seed{seed}"
             if run.is_dir():
-                scores[f"{name} seed {seed}"] = score_lists(load_reranker(run), test)
-    scores["evaluator-generator"] = score_lists(load_reranker(demo / "runs" / EVALUATOR), test)
-    scores["greedy oracle"] = oracle_scores(click_model, test)
-    return scores
+                models[f"{name} seed {seed}"] = load_reranker(run)
+    models["evaluator-generator"] = load_reranker(demo / "runs" / EVALUATOR)
+    return models
 
 
 def main() -> None:
@@ -72,10 +56,12 @@ def main() -> None:
     data = attach_pv(load_list_data(data_dir, splits=demo_splits(data_dir)), demo / "pretrain")
     test = data.splits["test"]
     click_model = load_click_model(data_dir)
-    generator = load_reranker(demo / "runs" / EVALUATOR)
+    models = graded_models(demo, config.seeds)
+    generator = models["evaluator-generator"]
 
     rows, predicted, true = [], [], []
-    for name, scores in orderings(demo, test, click_model, config.seeds).items():
+    scores_by_ordering = ordering_scores(test, models, demo, click_model, np.random.default_rng(0))
+    for name, scores in scores_by_ordering.items():
         estimate = predicted_clicks(generator.evaluator, test, scores).mean()
         truth = expected_clicks(click_model, test, scores).mean()
         predicted.append(estimate)

@@ -82,19 +82,27 @@ def _round_one(
     data = load_list_data(data_dir, splits=demo_splits(data_dir))
     pretrain(config, data, base / "pretrain", progress=progress)
     data = attach_pv(data, base / "pretrain")
+    return (data, data_dir, *_train_round(config, data, base, seed, progress))
+
+
+def _train_round(
+    config: ExperimentConfig, data: ListData, run_dir: Path, seed: int, progress: bool
+) -> tuple[ContextClickModel, torch.nn.Module]:
+    """The evaluator on the round's logs and the bucket, then PRM, its epoch chosen and its
+    position-bias tower held by that evaluator, as the demo trains them."""
     evaluator = train_evaluator(
-        config, data, base / EVALUATOR, exploration=data.splits.get(EXPLORE), progress=progress
+        config, data, run_dir / EVALUATOR, exploration=data.splits[EXPLORE], progress=progress
     ).evaluator
     policy = train_reranker(
         config,
         data,
-        base / "prm",
+        run_dir / "prm",
         seed=seed,
         progress=progress,
         estimator=EstimatedClicks(evaluator),
         evaluator=evaluator,
     )
-    return data, data_dir, evaluator, policy
+    return evaluator, policy
 
 
 def _grade(
@@ -163,22 +171,7 @@ def retraining_loop(
                 data, splits={**data.splits, "train": logs}, examination=examination
             )
             run_dir = out_dir / f"round{round_number}"
-            evaluator = train_evaluator(
-                retrain_config,
-                round_data,
-                run_dir / EVALUATOR,
-                exploration=data.splits[EXPLORE],
-                progress=progress,
-            ).evaluator
-            policy = train_reranker(
-                config,
-                round_data,
-                run_dir / "prm",
-                seed=seed,
-                progress=progress,
-                estimator=EstimatedClicks(evaluator),
-                evaluator=evaluator,
-            )
+            evaluator, policy = _train_round(retrain_config, round_data, run_dir, seed, progress)
         row.update(_grade(policy, evaluator, test, bucket, click_model, reference))
         row["seconds"] = round(time.perf_counter() - step, 1)
         report["rounds"].append(row)
