@@ -201,3 +201,16 @@ def test_bucket_columns_are_read_and_checked(tmp_path: Path) -> None:
     _write_bucket(tmp_path, initial_ranks=ranks, propensities=[[0.3, 0.3, 0.3], [0.3, None, 0.3]])
     with pytest.raises(DataError, match="row 1: column propensities holds a null value"):
         read_randomization(tmp_path)
+
+
+def test_self_normalized_ips_reads_lists_of_different_lengths() -> None:
+    """A 3-item and a padded 2-item list, each scored in its logged order: every slot matches,
+    so self-normalized IPS gives the mean logged clicks per list."""
+    lists = ListDataset.from_arrays(
+        [np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[:2]], [[1, 0, 1], [0, 1]]
+    )
+    log = exploration_log(lists, np.array([[0, 1, 2], [0, 1, 0]]), None)
+    logged_order = -log.shown_ranks.astype(float)
+    terms = OffPolicyEvaluator(log).terms(logged_order)
+    assert terms["snips"].value(np.ones((1, 2)))[0] == pytest.approx(1.5)
+    assert terms["ips"].value(np.ones((1, 2)))[0] == pytest.approx((2 * 3 + 1 * 2) / 2)  # 1/p

@@ -51,7 +51,6 @@ ESTIMATORS = {
     "dr_rank": "doubly robust: evaluator + examination-ratio IPS correction",
 }
 N_BOOTSTRAP = 1000
-NEEDS_SUPPORT = ("ips", "snips", "pi", "snpi", "dr")
 
 
 @dataclass(frozen=True)
@@ -211,14 +210,17 @@ class OffPolicyEvaluator:
     def _per_rank_normalized(self, clicks: np.ndarray, weights: np.ndarray) -> Terms:
         """Item-position IPS normalized per shown rank by the mean weight there (whose
         expectation is 1: exactly one item of each list belongs at each rank)."""
-        by_rank = np.zeros_like(weights)
-        shown, mask = self.log.shown_ranks, self.log.requests.mask
-        numerator, denominator = by_rank.copy(), by_rank.copy()
-        np.put_along_axis(numerator, shown, clicks * weights, axis=1)
-        np.put_along_axis(denominator, shown, weights, axis=1)
-        present = np.zeros_like(weights)
-        np.put_along_axis(present, shown, mask.astype(np.float64), axis=1)
-        return Terms(numerator, denominator, present)
+        mask = self.log.requests.mask
+        lists, ranks = np.nonzero(mask)[0], self.log.shown_ranks[mask]  # real slots only
+
+        def by_shown_rank(values: np.ndarray) -> np.ndarray:
+            out = np.zeros(mask.shape)
+            out[lists, ranks] = values[mask]
+            return out
+
+        return Terms(
+            by_shown_rank(clicks * weights), by_shown_rank(weights), by_shown_rank(mask * 1.0)
+        )
 
     def estimate(
         self, scores: np.ndarray, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0
