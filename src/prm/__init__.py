@@ -54,6 +54,7 @@ PUBLIC = {
     "rank_order": "prm.evaluation.metrics",
     "predicted_clicks": "prm.evaluation.estimate",
     "OffPolicyEvaluator": "prm.evaluation.offpolicy",
+    "offpolicy_report": "prm.evaluation.offpolicy",
     "simulate": "prm.data.simulator",
     "load_predictor": "prm.serving.predictor",
     "export_bundle": "prm.serving.export",

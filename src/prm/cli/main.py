@@ -166,7 +166,11 @@ def _offpolicy_report(args: argparse.Namespace, model, has_truth: bool) -> dict:
     from prm.data.loaders import load_list_data
     from prm.data.simulator import load_click_model
     from prm.evaluation.evaluate import expected_clicks, score_lists
-    from prm.evaluation.offpolicy import OffPolicyEvaluator, fit_position_based
+    from prm.evaluation.offpolicy import (
+        OffPolicyEvaluator,
+        fit_position_based,
+        offpolicy_report,
+    )
     from prm.pipeline import attach_pv, load_reranker
 
     if args.bootstrap < 1:
@@ -180,19 +184,11 @@ def _offpolicy_report(args: argparse.Namespace, model, has_truth: bool) -> dict:
     evaluator_run = load_reranker(args.evaluator) if args.evaluator else model
     evaluator = getattr(evaluator_run, "evaluator", None)
     pbm = fit_position_based([data.splits["train"], shown], len(data.items.topic))
-    ope = OffPolicyEvaluator(log, evaluator, pbm)
     scores = score_lists(model, log.requests)
-    initial = -log.requests.positions.astype(np.float64)
-    report = {
-        "lists": len(log),
-        "uniform_bucket": log.uniform,
-        "estimates": {k: v.as_dict() for k, v in ope.estimate(scores, args.bootstrap).items()},
-        "gain_over_initial": {
-            k: v.as_dict() for k, v in ope.compare(scores, initial, args.bootstrap).items()
-        },
-    }
+    report = offpolicy_report(OffPolicyEvaluator(log, evaluator, pbm), scores, args.bootstrap)
     if has_truth:  # the simulator's hidden truth grades the estimates; nothing above read it
         click_model = load_click_model(args.data)
+        initial = -log.requests.positions.astype(np.float64)
         true_new = expected_clicks(click_model, log.requests, scores).mean()
         true_initial = expected_clicks(click_model, log.requests, initial).mean()
         report["truth"] = {

@@ -248,6 +248,22 @@ class OffPolicyEvaluator:
         return summarize(paired, weights, lambda pair, w: pair[0].value(w) - pair[1].value(w))
 
 
+def offpolicy_report(
+    ope: OffPolicyEvaluator, scores: np.ndarray, n_bootstrap: int = N_BOOTSTRAP
+) -> dict[str, Any]:
+    """Every estimate of the ordering ``scores`` on ``ope``'s log and of its gain over the
+    initial order, as ``prm evaluate --offpolicy`` writes them (offpolicy.json)."""
+    initial = -ope.log.requests.positions.astype(np.float64)
+    return {
+        "lists": len(ope.log),
+        "uniform_bucket": ope.log.uniform,
+        "estimates": {k: v.as_dict() for k, v in ope.estimate(scores, n_bootstrap).items()},
+        "gain_over_initial": {
+            k: v.as_dict() for k, v in ope.compare(scores, initial, n_bootstrap).items()
+        },
+    }
+
+
 def summarize(
     terms: dict[str, Any], weights: np.ndarray, value: Callable[[Any, np.ndarray], np.ndarray]
 ) -> dict[str, Estimate]:
