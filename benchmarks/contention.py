@@ -1,0 +1,165 @@
+"""Each training stage, idle and beside a CPU-bound process, under OpenMP wait policies.
+
+    .venv/bin/python benchmarks/contention.py [--seconds 20]
+
+On a shared machine another process may hold a core. OpenMP threads that spin at every
+barrier waiting for a thread that is not running then waste their time slices, and the
+smaller the operations, the more barriers per second. Stages, each timed for about
+``--seconds`` in a fresh subprocess (the wait policy is read when the OpenMP runtime starts):
+
+* ``pretrain``: CTR pre-training steps of the demo's DeepFM (batch 1024) on the demo's data;
+* ``prm``: PRM training steps at the demo's size (``Trainer.train_epoch``, batch 256);
+* ``small``: PRM-BASE training steps at MQ2008's size (lists of 30, 46 features, batch 32),
+  as `prm benchmark mq2008` runs them.
+
+Settings: ``spin`` (OMP_WAIT_POLICY=ACTIVE), ``gomp default`` (unset: libgomp spins a while,
+then sleeps), ``passive`` (threads sleep at once) and ``passive, 1 thread``. Each runs idle and
+with one busy-looping process beside it; the table gives steps per second and the busy / idle
+slowdown, from which `prm`'s default is to be chosen (the target: every stage within 2.5x of
+its idle speed beside a busy process, idle speed within 5 % of today's). Run it on an
+otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("pretrain", "prm", "small")
+SETTINGS = {
+    "spin": {"OMP_WAIT_POLICY": "ACTIVE"},
+    "gomp default": {},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "passive, 1 thread": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"},
+}
+
+
+def run_stage(stage: str, seconds: float) -> float:
+    """Steps per second of ``stage`` in this process, after one warm-up step."""
+    import numpy as np
+    import torch
+
+    from prm.config import PRMConfig
+    from prm.data.batch import ListDataset
+    from prm.models.registry import build_reranker, prm_spec
+    from prm.training.losses import softmax_cross_entropy
+
+    rng = np.random.default_rng(0)
+    if stage == "pretrain":
+        from prm.config import load_config
+        from prm.pretrain.ctr import build_ctr_model
+
+        config = load_config(ROOT / "configs" / "demo.yaml")
+        model = build_ctr_model(config.pretrain, _tables(config, rng))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        users = torch.from_numpy(rng.integers(0, 500, 1024))
+        items = torch.from_numpy(rng.integers(0, 400, 1024))
+        clicks = torch.from_numpy((rng.random(1024) < 0.1).astype(np.float32))
+
+        def step() -> None:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(users, items), clicks)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    else:
+        length, d_feature, batch = (30, 28, 256) if stage == "prm" else (30, 46, 32)
+        d_pv = 17 if stage == "prm" else 0
+        model_config = (
+            PRMConfig(d_model=64, n_heads=2, n_blocks=2, d_ff=128, use_pe=False, use_pv=True)
+            if stage == "prm"
+            else PRMConfig(d_model=48, n_heads=2, n_blocks=2, d_ff=96, use_pv=False)
+        )
+        model = build_reranker(prm_spec(model_config, d_feature, d_pv))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        lists = ListDataset.from_arrays(
+            rng.normal(size=(batch, length, d_feature)),
+            rng.random((batch, length)) < 0.1,
+            pv=rng.normal(size=(batch, length, d_pv)),
+        )
+        data = lists.batch(np.arange(batch))
+
+        def step() -> None:
+            loss = softmax_cross_entropy(model(data), data.labels, mask=data.mask)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    step()
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step()
+        steps += 1
+    return steps / (time.perf_counter() - started)
+
+
+def _tables(config, rng):
+    """CTR tables of the demo's feature shapes (fewer users and items: the step's cost does
+    not depend on their number)."""
+    import numpy as np
+
+    from prm.pretrain.ctr import CTRTables
+
+    sim = config.simulator
+    n_users, n_items = 500, 400
+    return CTRTables(
+        profile=rng.normal(size=(n_users, sim.d_profile)).astype(np.float32),
+        history=rng.integers(0, n_items, (n_users, sim.history_length)),
+        history_mask=np.ones((n_users, sim.history_length), bool),
+        item_features=rng.normal(size=(n_items, sim.n_topics + sim.d_item_dense)).astype(
+            np.float32
+        ),
+        item_topic=rng.integers(0, sim.n_topics, n_items),
+    )
+
+
+def measure(stage: str, env: dict[str, str], busy: bool, seconds: float) -> float:
+    """Run one stage in a subprocess with ``env`` set over this one's OpenMP variables."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")} | env
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--stage", stage, "--seconds", str(seconds)],
+            env=child_env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        if hog is not None:
+            hog.kill()
+    return json.loads(out.stdout.strip().splitlines()[-1])["steps_per_second"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stage:
+        print(json.dumps({"steps_per_second": run_stage(args.stage, args.seconds)}))
+        return
+    from prm.evaluation.report import markdown_table
+    from prm.pipeline import machine
+
+    rows = []
+    for stage in STAGES:
+        for name, env in SETTINGS.items():
+            idle = measure(stage, env, False, args.seconds)
+            busy = measure(stage, env, True, args.seconds)
+            rows.append([stage, name, f"{idle:.1f}", f"{busy:.1f}", f"{idle / busy:.2f}"])
+            print(rows[-1], flush=True)
+    header = ["stage", "setting", "steps/s idle", "steps/s beside a busy process", "slowdown"]
+    print()
+    print(markdown_table(header, rows))
+    print(f"\n{machine()}")
+
+
+if __name__ == "__main__":
+    main()
