@@ -12,6 +12,12 @@ run's epoch on the validation lists, and scores the test lists. Tables then show
 * with ``losses`` set, each re-ranker is trained with every candidate list loss and the table
   reports the loss with the best mean validation value (a "loss" column names it).
 * ablations: PRM variants (no PE, heads, blocks, list loss, pre-training model, no PV).
+* with ``clicks`` set (LETOR sets), the semi-synthetic unbiased learning-to-rank check instead:
+  position-biased clicks are simulated on the training and validation lists
+  (:mod:`prm.data.click_simulation`) and PRM-BASE is trained on naive clicks, on clicks
+  weighted by the true or an estimated inverse examination (IPS), and on the expert labels; each
+  click-trained row selects its epochs (and loss) on its own kind of validation clicks, never on
+  labels, and the test lists are always scored against the expert labels.
 
 Lists without a relevant item are excluded from every average and test
 (:func:`prm.evaluation.metrics.lists_with_click`): every ordering scores 0 on them.
@@ -28,6 +34,7 @@ import json
 import os
 import re
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +42,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
+from torch import nn
 from tqdm import tqdm
 
 from prm.config import (
@@ -48,6 +56,14 @@ from prm.config import (
     to_dict,
 )
 from prm.data.batch import ListDataset
+from prm.data.click_simulation import (
+    ClickSimulation,
+    ClickTarget,
+    click_probability,
+    examination_by_rank,
+    ips_labels,
+    simulate_clicks,
+)
 from prm.data.files import dataset_dir
 from prm.data.letor import load_ranking_file, split_queries
 from prm.data.loaders import ListData, load_list_data
@@ -65,7 +81,7 @@ from prm.rankers.initial_lists import fit_ranker, initial_lists, letor_reranking
 from prm.rankers.midnn import MiDNNConfig
 from prm.rankers.seq2slate import Seq2SlateConfig
 from prm.rankers.setrank import SetRankConfig
-from prm.training.trainer import Trainer
+from prm.training.trainer import Trainer, TrainState
 
 Dataset = Literal["mq2008", "lgbm_rank", "ml-100k"]
 InitialRanker = Literal["lambdamart", "linear_pairwise", "pointwise_dnn"]
@@ -88,7 +104,16 @@ LABELS = {
     "linear_pairwise": "linear pairwise (SVMRank-style)",
     "pointwise_dnn": "point-wise DNN",
     MOVIELENS_RANKER: "popularity + genre match",
+    "naive": "naive clicks",
+    "ips_known": "IPS, known examination",
+    "ips_estimated": "IPS, estimated examination",
+    "labels": "expert labels",
+    "click_probability": "p(y) itself (diagnostic)",
+    "labels_random_ties": "labels, random ties (diagnostic)",
 }
+ESTIMATED_RANKS = (2, 3, 5, 10, 20, 30)  # 1-based ranks whose estimated examination is reported
+CLICK_SPLITS = ("train", "valid")  # where clicks are simulated; test keeps the expert labels
+TIE_NOISE = 0.01  # labels_random_ties: uniform noise below the gap between grades
 
 
 @dataclass(frozen=True)
@@ -126,6 +151,23 @@ class AblationConfig:
 
 
 @dataclass(frozen=True)
+class ExaminationEstimator:
+    """How the ``ips_estimated`` row learns the examination from the training clicks alone:
+    PRM-BASE with a learned PAL position-bias tower, fitted to the raw clicks, its epoch chosen
+    on the validation clicks' likelihood; then e_k = exp(tower_k - tower_1)."""
+
+    # Off: the scores cannot see the rank, so the rank's effect on clicks has to go to the
+    # tower (with PE both can take it, and the tower stays near flat).
+    use_pe: bool = False
+    # The tower starts flat; at the re-rankers' rate of 1e-3 it barely moves in 30 epochs.
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=100, batch_size=32, lr=0.01, patience=20, selection_metric="loss"
+        )
+    )
+
+
+@dataclass(frozen=True)
 class BenchmarkConfig:
     """One suite: a dataset, its initial rankers, the re-rankers and how they are trained."""
 
@@ -148,6 +190,10 @@ class BenchmarkConfig:
     losses: tuple[Loss, ...] = ()
     evaluate: EvalConfig = field(default_factory=lambda: EvalConfig(ks=(5, 10)))
     ablations: tuple[AblationConfig, ...] = ()
+    # Set: train PRM-BASE on simulated clicks (the unbiased learning-to-rank check) instead of
+    # the main table; see prm.data.click_simulation.
+    clicks: ClickSimulation | None = None
+    estimator: ExaminationEstimator = field(default_factory=ExaminationEstimator)
     threads: int = 1  # 2 is <= 25% faster on an idle machine, far slower on a busy one
 
     def __post_init__(self) -> None:
@@ -178,6 +224,11 @@ class BenchmarkConfig:
                 )
             if ablation.base == "prm" and letor:
                 raise ConfigError(f"ablations: {ablation.title!r}: PRM needs users (ml-100k)")
+        if self.clicks is not None and (not letor or self.baselines or self.ablations):
+            raise ConfigError(
+                "clicks: the click-trained table needs expert labels (a LETOR-style dataset) "
+                "and trains PRM-BASE only: set baselines: [] and no ablations"
+            )
 
     @property
     def has_pv(self) -> bool:
@@ -234,6 +285,7 @@ class Row:
     model: dict[str, Any] = field(default_factory=dict)  # the re-ranker's config mapping
     train: TrainConfig | None = None
     pretrain_model: str | None = None  # the CTR model whose PV the run sees (ml-100k)
+    target: ClickTarget = "labels"  # what it trains and selects on (click-trained rows)
     # The same row trained with each candidate loss; ``select_losses`` keeps the best one.
     candidates: tuple[Row, ...] = ()
 
@@ -259,6 +311,7 @@ class Table:
     ranker: str
     rows: tuple[Row, ...]
     ablation: bool = False
+    clicks: bool = False  # rows trained on simulated clicks, tested against initial and naive
 
 
 @dataclass(frozen=True)
@@ -289,7 +342,16 @@ class Run:
             "pretrain": None if pretrain_config is None else to_dict(pretrain_config),
             "evaluate": to_dict(config.evaluate),
         }
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        if self.row.target != "labels":  # keys of label-trained runs stay as they were
+            identity["target"] = self.row.target
+            identity["clicks"] = to_dict(config.clicks)
+        if self.row.target == "ips_estimated":
+            identity["estimator"] = to_dict(config.estimator)
+        return _digest(identity)
+
+
+def _digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _data_identity(config: BenchmarkConfig) -> dict[str, Any]:
@@ -320,9 +382,22 @@ def _variant_row(config: BenchmarkConfig, ablation: AblationConfig, variant: Var
     return row if variant.loss is not None else with_loss_candidates(config, row)
 
 
+def _click_table(config: BenchmarkConfig, ranker: str) -> Table:
+    """The initial ranking, then PRM-BASE trained on each of ``config.clicks.targets``."""
+    rows = [Row("initial")]
+    for target in config.clicks.targets:
+        row = replace(_prm_row(config, target, use_pv=False), target=target)
+        rows.append(with_loss_candidates(config, row))
+    title = f"PRM-BASE trained on simulated clicks, {LABELS[ranker]} lists"
+    return Table(title, ranker, tuple(rows), clicks=True)
+
+
 def plan_tables(config: BenchmarkConfig) -> list[Table]:
-    """The main table of each initial ranker, then the ablation tables."""
+    """The main table of each initial ranker, then the ablation tables; with ``clicks``, the
+    click-trained table of each initial ranker."""
     rankers = list(config.initial_rankers) or [MOVIELENS_RANKER]
+    if config.clicks is not None:
+        return [_click_table(config, ranker) for ranker in rankers]
     rows = [Row("initial")]
     for name in config.baselines:
         model = to_dict(getattr(config.baseline_configs, name))
@@ -425,20 +500,18 @@ def with_pv(
 # ----------------------------------------------------------------------------- training
 
 
-def train_and_test(
-    run: Run, splits: dict[str, ListDataset], run_dir: Path, evaluate: EvalConfig
-) -> dict[str, Any]:
-    """Fit on ``train``, keep the best epoch on ``valid``, and return per-list test metrics."""
-    train, test = splits["train"], splits["test"]
-    spec = {
-        "kind": run.row.kind,
-        "config": run.row.model,
-        "d_feature": train.d_feature,
-        "d_pv": train.d_pv,
-    }
-    train_config = replace(run.row.train, seed=run.seed)
-    torch.manual_seed(run.seed)  # the initial weights
-    started = time.perf_counter()
+def fit_reranker(
+    kind: str,
+    model: dict[str, Any],
+    train_config: TrainConfig,
+    splits: dict[str, ListDataset],
+    run_dir: Path,
+    evaluate: EvalConfig,
+) -> tuple[nn.Module, TrainState]:
+    """A fresh re-ranker fitted on ``train``, holding its best epoch on ``valid``."""
+    train = splits["train"]
+    spec = {"kind": kind, "config": model, "d_feature": train.d_feature, "d_pv": train.d_pv}
+    torch.manual_seed(train_config.seed)  # the initial weights
     # No per-epoch curve PNG: drawing it took about 0.13 s, more than most MQ2008 epochs
     # (0.03-0.35 s); the epoch history goes into the run's record.json instead.
     trainer = Trainer(
@@ -451,7 +524,20 @@ def train_and_test(
         reports=False,
     )
     state = trainer.fit(train, splits["valid"])
-    scores = score_lists(trainer.model, test, device=train_config.device)
+    return trainer.model, state
+
+
+def train_and_test(
+    run: Run, splits: dict[str, ListDataset], run_dir: Path, evaluate: EvalConfig
+) -> dict[str, Any]:
+    """Fit on ``train``, keep the best epoch on ``valid``, and return per-list test metrics."""
+    train_config = replace(run.row.train, seed=run.seed)
+    started = time.perf_counter()
+    model, state = fit_reranker(
+        run.row.kind, run.row.model, train_config, splits, run_dir, evaluate
+    )
+    test = splits["test"]
+    scores = score_lists(model, test, device=train_config.device)
     per_list = per_list_metrics(scores, test, evaluate)
     return {
         "best_epoch": state.best_epoch,
@@ -461,6 +547,103 @@ def train_and_test(
         "history": state.history,
         "test": {name: values.tolist() for name, values in per_list.items()},
     }
+
+
+def estimate_examination(
+    config: BenchmarkConfig, click_splits: dict[str, ListDataset], seed: int, run_dir: Path
+) -> dict[str, Any]:
+    """The examination per rank (1 at rank 1) that PRM-BASE's learned PAL tower takes when it
+    is fitted to the raw click rates of ``click_splits`` (train; epoch chosen on valid), and
+    how that fit went. No expert label is read."""
+    estimator = config.estimator
+    model = replace(
+        config.model,
+        use_pv=False,
+        use_pe=estimator.use_pe,
+        position_bias_tower=True,
+        position_bias="learned",
+    )
+    started = time.perf_counter()
+    train_config = replace(estimator.train, seed=seed)
+    fitted, state = fit_reranker(
+        "prm", to_dict(model), train_config, click_splits, run_dir, config.evaluate
+    )
+    length = click_splits["train"].list_length
+    offsets = fitted.position_bias.offset.weight[:length, 0].detach().double().numpy()
+    return {
+        "examination": np.exp(offsets - offsets[0]).tolist(),
+        "best_epoch": state.best_epoch,
+        "epochs": state.epoch,
+        "best_valid": state.best_metric,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+class ClickLogs:
+    """One initial ranker's lists on one fold with simulated clicks (train and valid), the
+    targets each row learns from, and the examination the PAL tower estimates per seed."""
+
+    def __init__(
+        self,
+        config: BenchmarkConfig,
+        ranker: str,
+        fold: str,
+        splits: dict[str, ListDataset],
+        work_dir: Path,
+    ) -> None:
+        self.config = config
+        self.clicks = config.clicks
+        self.splits = splits
+        self.rates: dict[str, np.ndarray] = {}  # click-through rates, clicks / sessions
+        self.tie_noise: dict[str, np.ndarray] = {}  # for labels_random_ties
+        for split in CLICK_SPLITS:
+            # The same logs for every model seed: drawn from the click seed and the lists.
+            stream = zlib.crc32(f"{ranker}/{fold}/{split}".encode())
+            rng = np.random.default_rng([self.clicks.seed, stream])
+            clicks = simulate_clicks(splits[split], self.clicks, rng)
+            self.rates[split] = clicks / self.clicks.sessions
+            self.tie_noise[split] = rng.uniform(0, TIE_NOISE, clicks.shape)
+        self.estimate_dir = work_dir / "examination" / f"{ranker}-{fold}"
+        self.estimates: dict[int, dict[str, Any]] = {}  # by model seed
+        self.estimate_seconds = 0.0
+
+    def estimate(self, seed: int) -> dict[str, Any]:
+        """``estimate_examination`` with this seed, computed once."""
+        if seed not in self.estimates:
+            started = time.perf_counter()
+            naive = self.training_splits("naive", seed)
+            run_dir = self.estimate_dir / f"seed{seed}"
+            self.estimates[seed] = estimate_examination(self.config, naive, seed, run_dir)
+            self.estimate_seconds += time.perf_counter() - started
+        return self.estimates[seed]
+
+    def training_splits(self, target: ClickTarget, seed: int) -> dict[str, ListDataset]:
+        """The splits a row with this ``target`` and model ``seed`` trains and selects on:
+        ``train`` and ``valid`` relabelled, ``test`` always with the expert labels."""
+        if target == "labels":
+            return self.splits
+        relabelled = dict(self.splits)
+        for split in CLICK_SPLITS:
+            lists = self.splits[split]
+            relabelled[split] = lists.with_labels(self._targets(target, lists, split, seed))
+        return relabelled
+
+    def _targets(
+        self, target: ClickTarget, lists: ListDataset, split: str, seed: int
+    ) -> np.ndarray:
+        rates = self.rates[split]
+        if target == "naive":
+            return rates
+        if target == "ips_known":
+            return ips_labels(rates, lists, examination_by_rank(lists.list_length, self.clicks.eta))
+        if target == "ips_estimated":
+            return ips_labels(rates, lists, np.array(self.estimate(seed)["examination"]))
+        if target == "click_probability":
+            probability = click_probability(
+                lists.labels, epsilon=self.clicks.epsilon, max_grade=self.clicks.max_grade
+            )
+            return probability * lists.mask
+        return (lists.labels + self.tie_noise[split]) * lists.mask  # labels_random_ties
 
 
 def _by_unit(runs: dict[str, Run]) -> dict[tuple[str, str], dict[str, Run]]:
@@ -480,12 +663,14 @@ def execute(
     progress: bool = True,
 ) -> tuple[dict[str, dict[str, ListDataset]], dict[str, dict[str, Any]], dict[str, float]]:
     """Train every planned run; return the splits by "ranker/fold", the run records by key and
-    seconds per stage (data, pretrain, train)."""
+    seconds per stage (data, pretrain, train, and with clicks the examination estimates)."""
     runs = plan_runs(config, tables)
     unit_names = {(t.ranker, f) for t in tables for f in folds(config)}
     records: dict[str, dict[str, Any]] = {}
     lists: dict[str, dict[str, ListDataset]] = {}
     seconds = {"data": 0.0, "pretrain": 0.0, "train": 0.0}
+    if config.clicks is not None:
+        seconds["examination estimates"] = 0.0
     bar = tqdm(total=len(runs), desc=f"{config.name}: training runs", disable=not progress)
     grouped = _by_unit(runs)
     for ranker, fold in sorted(unit_names):
@@ -493,6 +678,7 @@ def execute(
         data = load_lists(config, ranker, fold, work_dir)
         splits = data.splits if isinstance(data, ListData) else data
         lists[f"{ranker}/{fold}"] = splits
+        logs = ClickLogs(config, ranker, fold, splits, work_dir) if config.clicks else None
         seconds["data"] += time.perf_counter() - started
         pv_cache: dict[str, dict[str, ListDataset]] = {}
         for key, run in grouped.get((ranker, fold), {}).items():
@@ -511,7 +697,11 @@ def execute(
                     pv_cache[pv_key] = with_pv(data, pretrain_config, work_dir, resume)
                     seconds["pretrain"] += time.perf_counter() - started
                 run_splits = pv_cache[pv_key]
+            if logs is not None:
+                run_splits = logs.training_splits(run.row.target, run.seed)
             record = train_and_test(run, run_splits, record_path.parent, config.evaluate)
+            if run.row.target == "ips_estimated":
+                record["examination_estimate"] = logs.estimates[run.seed]
             record.update(row=run.row.name, kind=run.row.kind, ranker=ranker, fold=fold)
             record["loss"] = run.row.train.loss
             record["seed"] = run.seed
@@ -519,6 +709,8 @@ def execute(
             records[key] = record
             seconds["train"] += record["seconds"]
             bar.update()
+        if logs is not None:
+            seconds["examination estimates"] += logs.estimate_seconds
     bar.close()
     return lists, records, seconds
 
@@ -585,7 +777,8 @@ def _valid_value(
     records: dict[str, dict[str, Any]],
 ) -> float | None:
     """The validation selection value (at the selected epoch) averaged over folds and seeds;
-    for the initial ranking its value on the validation lists (None when selecting on loss)."""
+    for the initial ranking its value on the validation lists (None when selecting on loss, and
+    in a click table, where each row selects on its own kind of validation clicks)."""
     metric = config.train.selection_metric
     if row.kind is not None:
         return float(
@@ -597,7 +790,7 @@ def _valid_value(
                 ]
             )
         )
-    if metric == "loss":
+    if metric == "loss" or table.clicks:
         return None
     values = []
     for fold in folds(config):
@@ -652,6 +845,8 @@ def summarize_table(
     names = list(per_row)
     if table.ablation:
         references = {"first": names[0]}
+    elif table.clicks:
+        references = {"initial": "initial"} | ({"naive": "naive"} if "naive" in names else {})
     else:
         baselines = [n for n in names if n in config.baselines]
         sign = -1.0 if config.train.selection_metric == "loss" else 1.0  # loss: lower is better
@@ -666,15 +861,66 @@ def summarize_table(
                 tests_out.append({**test, "reference": label})
     n_relevant = len(next(iter(per_row.values()))[0][HEADLINE])
     n_lists = sum(len(lists[f"{table.ranker}/{f}"]["test"]) for f in folds(config))
-    return {
+    summary = {
         "title": table.title,
         "ranker": table.ranker,
         "ablation": table.ablation,
+        "clicks": table.clicks,
         "references": references,
         "lists": n_lists,
         "lists_with_relevant": n_relevant,
         "rows": rows,
         "tests": tests_out,
+    }
+    if table.clicks:
+        for name, (share, std) in label_gain_shares(per_row).items():
+            rows[name]["label_gain_share"], rows[name]["label_gain_share_std"] = share, std
+        if "ips_estimated" in row_spec:
+            summary["examination"] = _estimated_examination(
+                config, table, row_spec["ips_estimated"], records
+            )
+    return summary
+
+
+def label_gain_shares(
+    per_row: dict[str, list[dict[str, np.ndarray]]],
+) -> dict[str, tuple[float, float]]:
+    """Per row, its NDCG@10 gain over the initial ranking as a share of the ``labels`` row's
+    mean gain: mean and std over seeds (``per_row``: per seed, per-list test metrics). Empty
+    without an ``initial`` and a ``labels`` row, or when the label-trained gain is not positive."""
+    if "initial" not in per_row or "labels" not in per_row:
+        return {}
+    initial = per_row["initial"][0][HEADLINE].mean()
+    label_gain = np.mean([run[HEADLINE].mean() for run in per_row["labels"]]) - initial
+    if label_gain <= 0:
+        return {}
+    return {
+        name: mean_std(np.array([(run[HEADLINE].mean() - initial) / label_gain for run in runs]))
+        for name, runs in per_row.items()
+    }
+
+
+def _estimated_examination(
+    config: BenchmarkConfig, table: Table, row: Row, records: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The examination the PAL tower estimated at ``ESTIMATED_RANKS`` (mean and std over folds
+    and seeds) beside the true (1 / k)^eta."""
+    ranks = [k for k in ESTIMATED_RANKS if k <= config.list_length]
+    estimates = np.array(
+        [
+            records[Run(table.ranker, fold, seed, row).key(config)]["examination_estimate"][
+                "examination"
+            ]
+            for fold in folds(config)
+            for seed in config.seeds
+        ]
+    )[:, np.array(ranks) - 1]
+    true = examination_by_rank(config.list_length, config.clicks.eta)[np.array(ranks) - 1]
+    return {
+        "ranks": ranks,
+        "estimated": estimates.mean(axis=0).tolist(),
+        "estimated_std": estimates.std(axis=0).tolist(),
+        "true": true.tolist(),
     }
 
 
@@ -686,9 +932,13 @@ def render_table(summary: dict[str, Any], config: BenchmarkConfig) -> str:
     header = ["model" if not summary["ablation"] else "variant"]
     convention = config.evaluate.map_convention
     header += [f"{m.upper()} ({convention})" if m.startswith("map") else m.upper() for m in metrics]
-    header.append(f"valid {config.train.selection_metric.upper()}")
+    valid = f"valid {config.train.selection_metric.upper()}"
+    header.append(f"{valid} (own targets)" if summary["clicks"] else valid)
     if config.losses:
         header.append("loss (chosen on valid)")
+    shares = any("label_gain_share" in row for row in summary["rows"].values())
+    if shares:
+        header.append("share of the label-trained gain")
     for reference in references.values():
         header.append(f"p vs {LABELS.get(reference, reference)} (NDCG@10 / MAP@10)")
     lines = []
@@ -698,6 +948,12 @@ def render_table(summary: dict[str, Any], config: BenchmarkConfig) -> str:
         cells.append("–" if row["valid"] is None else f"{row['valid']:.4f}")
         if config.losses:
             cells.append(row["loss"] or "–")
+        if shares:
+            cells.append(
+                f"{100 * row['label_gain_share']:.0f} % ± {100 * row['label_gain_share_std']:.0f}"
+                if "label_gain_share" in row
+                else "–"
+            )
         for label in references:
             pvalues = [row.get(f"p_{m}_vs_{label}") for m in TESTED]
             cells.append(
@@ -759,7 +1015,12 @@ def _protocol(config: BenchmarkConfig, summary: dict[str, Any]) -> str:
         f"{config.train.selection_metric}"
         + (
             f"; each re-ranker's list loss chosen among {', '.join(config.losses)} by its mean "
-            "validation value (Seq2Slate keeps its own step-wise loss)"
+            "validation value"
+            + (
+                " (Seq2Slate keeps its own step-wise loss)"
+                if "seq2slate" in config.baselines
+                else ""
+            )
             if config.losses
             else ""
         )
@@ -770,6 +1031,51 @@ def _protocol(config: BenchmarkConfig, summary: dict[str, Any]) -> str:
             else " (AP@k divides by all relevant items of the list, as trec_eval)."
         )
         + " p: paired t-test on per-list values averaged over seeds."
+    )
+
+
+def _click_protocol(config: BenchmarkConfig) -> str:
+    clicks, estimator = config.clicks, config.estimator
+    diagnostics = {
+        "click_probability": "p(y) as the target, what IPS converges to with unlimited sessions "
+        "and the exact examination",
+        "labels_random_ties": f"the expert labels plus uniform noise below {TIE_NOISE:g}, so "
+        "ties between documents of one grade are broken at random (ListMLE breaks exact ties in "
+        "the initial order; click targets rarely tie)",
+    }
+    notes = [f"'{LABELS[t]}': {text}" for t, text in diagnostics.items() if t in clicks.targets]
+    return (
+        f"Clicks: each training and validation list is shown {clicks.sessions} times in its "
+        f"initial order; the document at rank k is examined with probability (1/k)^{clicks.eta:g} "
+        f"and then clicked with probability {clicks.epsilon:g} + {1 - clicks.epsilon:g} "
+        f"(2^y - 1) / (2^{clicks.max_grade} - 1) of its grade y (click seed {clicks.seed}). "
+        "Every row is PRM-BASE. Click-trained rows learn from the click-through rates: raw "
+        "(naive), divided by the true examination (IPS, known) or by the examination a learned "
+        "PAL tower estimated from the training clicks (PRM-BASE "
+        f"{'with' if estimator.use_pe else 'without'} PE plus the tower, lr "
+        f"{estimator.train.lr:g}, batch {estimator.train.batch_size}, epoch chosen on the "
+        "validation click likelihood). Each selects its epochs and loss on NDCG@10 against its "
+        "own validation targets (raw, IPS-known or IPS-estimated clicks), never on the expert "
+        "labels; the label-trained row selects on the validation labels. "
+        + (f"Diagnostics, which read the labels: {'; '.join(notes)}. " if notes else "")
+        + "Test lists are scored against the expert labels. Share of the label-trained gain: "
+        "(NDCG@10 - initial) / (label-trained NDCG@10 - initial), mean ± std over seeds."
+    )
+
+
+def _examination_line(examination: dict[str, Any]) -> str:
+    cells = (
+        f"rank {k}: {mean:.3f} ± {std:.3f} (true {true:.3f})"
+        for k, mean, std, true in zip(
+            examination["ranks"],
+            examination["estimated"],
+            examination["estimated_std"],
+            examination["true"],
+            strict=True,
+        )
+    )
+    return "Examination estimated by the PAL tower (mean ± std over folds and seeds): " + (
+        "; ".join(cells) + "."
     )
 
 
@@ -798,7 +1104,11 @@ def render_section(results: dict[str, Any], config: BenchmarkConfig) -> str:
                 f"{LABELS.get(best, best)}.",
                 "",
             ]
+        if summary["clicks"]:
+            parts += [_click_protocol(config), ""]
         parts.append(render_table(summary, config))
+        if "examination" in summary:
+            parts += ["", _examination_line(summary["examination"])]
     return "\n".join(parts) + "\n"
 
 

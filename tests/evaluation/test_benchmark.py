@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from prm.benchmark import (
     AblationConfig,
     BenchmarkConfig,
+    ClickLogs,
+    ExaminationEstimator,
+    label_gain_shares,
     load_benchmark_config,
     plan_runs,
     plan_tables,
     run_benchmark,
     update_results_markdown,
 )
-from prm.config import ConfigError, TrainConfig
+from prm.config import ConfigError, PRMConfig, TrainConfig
+from prm.data.batch import ListDataset
+from prm.data.click_simulation import ClickSimulation, examination_by_rank
 from prm.data.files import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,3 +142,129 @@ def test_quick_suite_runs_every_model(suite: str, tmp_path: Path) -> None:
     assert (tmp_path / "out" / "figures" / f"{suite}.png").stat().st_size > 0
     section = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "MAP convention 'prm'" in section and "excluded" in section
+
+
+# ----------------------------------------------------------------------------- clicks (ULTR)
+
+
+def tiny_click_config(**fields) -> BenchmarkConfig:
+    estimator = ExaminationEstimator(
+        train=TrainConfig(epochs=20, batch_size=16, lr=0.03, patience=20, selection_metric="loss")
+    )
+    settings = {
+        "name": "ultr",
+        "dataset": "mq2008",
+        "folds": (1,),
+        "initial_rankers": ("lambdamart",),
+        "list_length": 6,
+        "baselines": (),
+        "model": PRMConfig(d_model=8, n_heads=1, n_blocks=1, d_ff=16, dropout=0.0),
+        "clicks": ClickSimulation(sessions=50),
+        "estimator": estimator,
+    }
+    return BenchmarkConfig(**{**settings, **fields})
+
+
+def ranked_splits(n: int = 80, length: int = 6) -> dict[str, ListDataset]:
+    """Lists whose grade (0-2) follows the first feature and whose initial order follows a
+    noisy copy of it, as a ranker's lists do: rank and relevance are correlated."""
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split in ("train", "valid", "test"):
+        features = rng.normal(size=(n, length, 3)).astype(np.float32)
+        order = np.argsort(-(features[..., 0] + rng.normal(size=(n, length))), axis=1)
+        features = np.take_along_axis(features, order[..., None], axis=1)
+        grades = np.digitize(features[..., 0], [0.3, 1.2]).astype(np.float32)
+        splits[split] = ListDataset(
+            features=features,
+            pv=np.zeros((n, length, 0), np.float32),
+            mask=np.ones((n, length), bool),
+            labels=grades,
+            positions=np.broadcast_to(np.arange(length), (n, length)).copy(),
+            user_ids=np.zeros(n, np.int64),
+            list_ids=np.arange(n),
+            item_ids=np.zeros((n, length), np.int64),
+        )
+    return splits
+
+
+def test_click_suite_config_and_plan() -> None:
+    config = load_benchmark_config(suite_path("ultr_mq2008"))
+    quick = load_benchmark_config(suite_path("ultr_mq2008"), quick=True)
+    assert len(config.seeds) >= 3 and config.folds == (1, 2, 3, 4, 5)
+    assert config.clicks == quick.clicks and quick.max_lists is not None
+    assert {"naive", "ips_known", "ips_estimated", "labels"} <= set(config.clicks.targets)
+    (table,) = plan_tables(config)
+    assert table.clicks and [row.name for row in table.rows] == ["initial", *config.clicks.targets]
+    assert [row.trained()[0].target for row in table.rows[1:]] == list(config.clicks.targets)
+    runs = plan_runs(config, [table])
+    assert len(runs) == len(config.clicks.targets) * len(config.losses) * 5 * len(config.seeds)
+    with pytest.raises(ConfigError, match="baselines"):
+        tiny_click_config(baselines=("dlcm",))
+
+
+def test_click_rows_train_and_select_on_clicks_only(tmp_path: Path) -> None:
+    """Train and valid labels of a click row are the simulated click rates (raw or IPS);
+    test keeps the expert labels. The PAL tower's estimate decays with the rank."""
+    splits = ranked_splits()
+    config = tiny_click_config()
+    logs = ClickLogs(config, "lambdamart", "Fold1", splits, tmp_path)
+    known = examination_by_rank(6, config.clicks.eta)
+    estimate = np.array(logs.estimate(seed=0)["examination"])  # (L,), rank 1 first
+    assert estimate[0] == 1.0 and estimate[1] < 0.85 and estimate[5] < estimate[1]
+    for split in ("train", "valid"):
+        rates, positions = logs.rates[split], splits[split].positions
+        assert rates.max() <= 1 and (rates > 0).any()
+        naive = logs.training_splits("naive", seed=0)[split].labels
+        np.testing.assert_array_equal(naive, rates)
+        ips = logs.training_splits("ips_known", seed=0)[split].labels
+        np.testing.assert_allclose(ips, rates / known[positions], rtol=1e-6)
+        ips = logs.training_splits("ips_estimated", seed=0)[split].labels
+        np.testing.assert_allclose(ips, rates / estimate[positions], rtol=1e-5)
+        assert logs.training_splits("labels", seed=0)[split] is splits[split]
+    for target in ("naive", "ips_known", "ips_estimated"):
+        assert logs.training_splits(target, seed=0)["test"] is splits["test"]
+    # The diagnostics: p(y) itself, and the grades with their ties broken at random.
+    grades = splits["train"].labels
+    probability = logs.training_splits("click_probability", seed=0)["train"].labels
+    np.testing.assert_allclose(probability, 0.1 + 0.9 * (2**grades - 1) / 3, rtol=1e-6)
+    untied = logs.training_splits("labels_random_ties", seed=0)["train"].labels
+    assert (np.floor(untied) == grades).all()
+    assert all(len(np.unique(row)) == len(row) for row in untied)  # no ties within a list
+
+
+def test_label_gain_shares() -> None:
+    def runs(*means: float) -> list[dict[str, np.ndarray]]:
+        return [{"ndcg@10": np.array([m - 0.1, m + 0.1])} for m in means]
+
+    shares = label_gain_shares(
+        {"initial": runs(0.5), "naive": runs(0.5, 0.52), "labels": runs(0.58, 0.62)}
+    )
+    assert shares["labels"][0] == pytest.approx(1.0) and shares["initial"] == (0.0, 0.0)
+    assert shares["naive"][0] == pytest.approx(0.1)
+    assert label_gain_shares({"initial": runs(0.5), "labels": runs(0.4)}) == {}
+
+
+def test_quick_click_suite(tmp_path: Path) -> None:
+    if not (default_data_dir() / "mq2008").is_dir():
+        pytest.skip(f"real data not found at {default_data_dir() / 'mq2008'} ($PRM_DATA_DIR)")
+    config = load_benchmark_config(suite_path("ultr_mq2008"), quick=True)
+    config = replace(config, max_lists=20, losses=())  # a few seconds
+    results = run_benchmark(
+        config,
+        out_dir=tmp_path / "out",
+        work_dir=tmp_path / "work",
+        command="prm benchmark ultr_mq2008 --quick",
+        quick=True,
+        progress=False,
+    )
+    (table,) = results["tables"]
+    assert list(table["rows"]) == ["initial", *config.clicks.targets]
+    assert all(math.isfinite(row["ndcg@10"]) for row in table["rows"].values())
+    assert {t["reference"] for t in table["tests"]} == {"initial", "naive"}
+    assert len(table["examination"]["estimated"]) == len(table["examination"]["ranks"])
+    estimated = [r for r in results["run_records"].values() if "examination_estimate" in r]
+    assert {r["row"] for r in estimated} == {"ips_estimated"}
+    section = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert "Clicks: each training and validation list is shown" in section
+    assert "Examination estimated by the PAL tower" in section

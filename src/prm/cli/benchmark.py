@@ -46,7 +46,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     help_text = "train and compare every re-ranker on a real dataset"
     sub = commands.add_parser("benchmark", help=help_text, description=help_text)
     sub.add_argument(
-        "suite", help="mq2008, ml100k or lgbm_rank (configs/bench_<suite>.yaml), or a YAML path"
+        "suite",
+        help="mq2008, ml100k, lgbm_rank or ultr_mq2008 (configs/bench_<suite>.yaml), or a YAML "
+        "path",
     )
     sub.add_argument("--quick", action="store_true", help="the suite's tiny 'quick' settings")
     sub.add_argument(
