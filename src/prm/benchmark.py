@@ -73,15 +73,14 @@ from prm.evaluation.metrics import lists_with_click
 from prm.evaluation.report import markdown_table, p_value_cell
 from prm.evaluation.significance import mean_std
 from prm.io import atomic_path, write_json
-from prm.models.registry import build_reranker
-from prm.pipeline import attach_pv, machine, pairwise_tests, pretrain
+from prm.pipeline import attach_pv, fit, machine, pairwise_tests, pretrain
 from prm.rankers.dlcm import DLCMConfig
 from prm.rankers.gsf import GSFConfig
 from prm.rankers.initial_lists import fit_ranker, initial_lists, letor_reranking_data, make_ranker
 from prm.rankers.midnn import MiDNNConfig
 from prm.rankers.seq2slate import Seq2SlateConfig
 from prm.rankers.setrank import SetRankConfig
-from prm.training.trainer import Trainer, TrainState
+from prm.training.trainer import TrainState
 
 Dataset = Literal["mq2008", "lgbm_rank", "ml-100k"]
 InitialRanker = Literal["lambdamart", "linear_pairwise", "pointwise_dnn"]
@@ -511,20 +510,18 @@ def fit_reranker(
     """A fresh re-ranker fitted on ``train``, holding its best epoch on ``valid``."""
     train = splits["train"]
     spec = {"kind": kind, "config": model, "d_feature": train.d_feature, "d_pv": train.d_pv}
-    torch.manual_seed(train_config.seed)  # the initial weights
     # No per-epoch curve PNG: drawing it took about 0.13 s, more than most MQ2008 epochs
     # (0.03-0.35 s); the epoch history goes into the run's record.json instead.
-    trainer = Trainer(
-        build_reranker(spec),
+    return fit(
+        spec,
         train_config,
+        train,
+        splits["valid"],
         run_dir,
-        model_spec=spec,
         eval_config=evaluate,
         progress=False,
         reports=False,
     )
-    state = trainer.fit(train, splits["valid"])
-    return trainer.model, state
 
 
 def train_and_test(

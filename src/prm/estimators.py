@@ -89,7 +89,7 @@ class ListReranker:
         return self
 
     def _fit(self, spec, train_config, train, valid, run_dir: Path) -> torch.nn.Module:
-        return fit(
+        model, _ = fit(
             spec,
             train_config,
             train,
@@ -98,6 +98,7 @@ class ListReranker:
             eval_config=EvalConfig(),
             progress=self.progress,
         )
+        return model
 
     def _fitted(self) -> torch.nn.Module:
         if self.model_ is None:

@@ -45,7 +45,7 @@ from prm.pretrain.ctr import (
 )
 from prm.rankers.evaluator_generator import GeneratorEvaluator
 from prm.training.checkpoint import load_checkpoint
-from prm.training.trainer import CHECKPOINT, Trainer
+from prm.training.trainer import CHECKPOINT, Trainer, TrainState
 
 CTR_MODEL = "ctr_model.pt"
 EVALUATOR = "generator_evaluator"  # the registered kind and the demo's row name
@@ -126,10 +126,13 @@ def fit(
     progress: bool = True,
     estimator: Callable[[np.ndarray, ListDataset], float] | None = None,
     examination: np.ndarray | None = None,
-) -> torch.nn.Module:
+    reports: bool = True,
+) -> tuple[torch.nn.Module, TrainState]:
     """Build the re-ranker of ``spec`` (seeded by ``train_config.seed``), train it with the
-    shared Trainer and return its best-on-validation weights, in eval mode. The model takes
-    ``examination`` as it uses one (``Reranker.take_examination``)."""
+    shared Trainer and return its best-on-validation weights, in eval mode, and the training
+    state (epochs, history). The model takes ``examination`` as it uses one
+    (``Reranker.take_examination``); ``reports=False`` skips the per-epoch metrics.json and
+    curve (a suite of many small runs keeps the history itself)."""
     torch.manual_seed(train_config.seed)
     model = build_reranker(spec)
     config = spec["config"]
@@ -148,10 +151,11 @@ def fit(
         model_spec=spec,
         eval_config=eval_config,
         progress=progress,
+        reports=reports,
         estimator=estimator,
     )
-    trainer.fit(train, valid, resume=resume)
-    return trainer.model.eval()
+    state = trainer.fit(train, valid, resume=resume)
+    return trainer.model.eval(), state
 
 
 def train_reranker(
@@ -179,7 +183,7 @@ def train_reranker(
         examination = evaluator.relative_examination(model_config.max_positions)
     train_config = config.train if seed is None else replace(config.train, seed=seed)
     train = data.splits["train"]
-    return fit(
+    model, _ = fit(
         prm_spec(model_config, train.d_feature, train.d_pv),
         train_config,
         train,
@@ -191,6 +195,7 @@ def train_reranker(
         estimator=estimator,
         examination=examination,
     )
+    return model
 
 
 def train_evaluator(
@@ -224,7 +229,7 @@ def train_evaluator(
         "d_feature": train.d_feature,
         "d_pv": train.d_pv,
     }
-    return fit(
+    generator, _ = fit(
         spec,
         train_config,
         train,
@@ -235,6 +240,7 @@ def train_evaluator(
         progress=progress,
         examination=data.examination,
     )
+    return generator
 
 
 def measure(
