@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 PUBLIC = {
     "ListDataset": "prm.data.batch",
     "ListBatch": "prm.data.batch",
+    "ListInputs": "prm.data.batch",
     "ListData": "prm.data.loaders",
     "load_list_data": "prm.data.loaders",
     "DataError": "prm.data.loaders",

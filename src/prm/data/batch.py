@@ -1,4 +1,4 @@
-"""The one data structure that flows through every model: a padded batch of lists.
+"""The padded lists every model reads: :class:`ListInputs` to score, :class:`ListBatch` to train.
 
 ``mask`` is True at real items. Padded slots hold zeros in every field and are excluded from
 softmax, attention, loss and metrics by that mask alone, never by a sentinel label.
@@ -8,26 +8,37 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Self
 
 import numpy as np
 import torch
 
 
 @dataclass(frozen=True)
-class ListBatch:
-    """Tensors of ``B`` lists padded to length ``L``."""
+class ListInputs:
+    """What a re-ranker reads to score ``B`` lists padded to length ``L``: no targets, no ids."""
 
     features: torch.Tensor  # (B, L, d_feature) float32: item features X
     pv: torch.Tensor  # (B, L, d_pv) float32: personalized vectors; d_pv = 0 when absent
-    mask: torch.Tensor  # (B, L) bool: True at real items
-    labels: torch.Tensor  # (B, L) float32: clicks (or graded relevance), 0 at padding
     positions: torch.Tensor  # (B, L) int64: initial rank, 0-based
+    mask: torch.Tensor  # (B, L) bool: True at real items
+
+    def to(self, device: torch.device | str) -> Self:
+        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class ListBatch(ListInputs):
+    """A batch for training and evaluation: the inputs plus the targets and the ids."""
+
+    labels: torch.Tensor  # (B, L) float32: clicks (or graded relevance), 0 at padding
     user_ids: torch.Tensor  # (B,) int64
     list_ids: torch.Tensor  # (B,) int64
     item_ids: torch.Tensor  # (B, L) int64: 0 at padding
 
-    def to(self, device: torch.device | str) -> ListBatch:
-        return ListBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    @property
+    def inputs(self) -> ListInputs:
+        return ListInputs(self.features, self.pv, self.positions, self.mask)
 
 
 def slots_by_rank(ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -46,9 +57,9 @@ class ListDataset:
 
     features: np.ndarray
     pv: np.ndarray
+    positions: np.ndarray
     mask: np.ndarray
     labels: np.ndarray
-    positions: np.ndarray
     user_ids: np.ndarray
     list_ids: np.ndarray
     item_ids: np.ndarray
@@ -172,9 +183,9 @@ class ListDataset:
         return ListBatch(
             features=torch.from_numpy(np.ascontiguousarray(self.features[index], np.float32)),
             pv=torch.from_numpy(np.ascontiguousarray(self.pv[index], np.float32)),
+            positions=torch.from_numpy(np.ascontiguousarray(self.positions[index], np.int64)),
             mask=torch.from_numpy(np.ascontiguousarray(self.mask[index], bool)),
             labels=torch.from_numpy(np.ascontiguousarray(self.labels[index], np.float32)),
-            positions=torch.from_numpy(np.ascontiguousarray(self.positions[index], np.int64)),
             user_ids=torch.from_numpy(np.ascontiguousarray(self.user_ids[index], np.int64)),
             list_ids=torch.from_numpy(np.ascontiguousarray(self.list_ids[index], np.int64)),
             item_ids=torch.from_numpy(np.ascontiguousarray(self.item_ids[index], np.int64)),

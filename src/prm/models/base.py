@@ -7,13 +7,13 @@ from collections.abc import Callable
 import numpy as np
 from torch import Tensor, nn
 
-from prm.data.batch import ListBatch
+from prm.data.batch import ListBatch, ListInputs
 
 Loss = Callable[..., Tensor]
 
 
 class Reranker(nn.Module):
-    """``forward(batch) -> (B, L)`` ranking scores (-inf at padding); ``click_logits`` is what
+    """``forward(inputs) -> (B, L)`` ranking scores (-inf at padding); ``click_logits`` is what
     the loss sees, which may add terms used only in training (a position-bias tower)."""
 
     # A list loss has no target in a list without a click, so by default those are skipped in
@@ -24,8 +24,8 @@ class Reranker(nn.Module):
         """Use a measured examination curve (e_k / e_1 per rank, prm.data.examination):
         a re-ranker with a fixed position-bias tower holds it there; by default, nothing."""
 
-    def click_logits(self, batch: ListBatch) -> Tensor:
-        return self(batch)
+    def click_logits(self, inputs: ListInputs) -> Tensor:
+        return self(inputs)
 
     def loss(self, batch: ListBatch, loss_fn: Loss) -> Tensor:
         """The training objective; a model with a step-wise objective (Seq2Slate) overrides it."""

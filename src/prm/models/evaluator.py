@@ -36,18 +36,22 @@ Shapes: ``B`` lists, ``L`` slots, ``d_x`` item features, ``h`` = ``d_hidden``.
 from __future__ import annotations
 
 import math
+from dataclasses import fields, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prm.data.batch import ListBatch, slots_by_rank
+from prm.data.batch import ListBatch, ListInputs, slots_by_rank
 from prm.models.layers import topic_counts
 
 # Adam moves each weight by about the learning rate per step, and one rank's examination gets
 # one weight; scaled by this factor it moves as fast as the appeal's many weights together
 # (measured: unscaled, it had moved a third of the way to the truth after five epochs).
+InputsT = TypeVar("InputsT", bound=ListInputs)
+
 EXAMINATION_STEP = 10.0
 
 
@@ -104,16 +108,16 @@ class ContextClickModel(nn.Module):
         values = values[: self.examination.num_embeddings].clamp(1e-4, 1.0)
         self.examination.weight[: len(values), 0] = torch.log(0.95 * values) / EXAMINATION_STEP
 
-    def item_terms(self, batch: ListBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def item_terms(self, inputs: ListInputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """What does not depend on the order: appeal (B, L), the weights on the prefix sum and
         on the prefix max (B, L, d_x) each, and the masked features (B, L, d_x). The context
         term of a slot is then ``w_sum · S + w_max · M``."""
-        features = torch.where(batch.mask[..., None], batch.features, 0.0)
-        parts = [features, batch.pv] if self.use_pv else [features]
+        features = torch.where(inputs.mask[..., None], inputs.features, 0.0)
+        parts = [features, inputs.pv] if self.use_pv else [features]
         if self.topic_columns:  # the list's composition, as PRM's input layer has it
-            parts.append(topic_counts(features[..., : self.topic_columns], batch.mask))
+            parts.append(topic_counts(features[..., : self.topic_columns], inputs.mask))
         x = torch.cat(parts, dim=-1)
-        r = self.represent(torch.where(batch.mask[..., None], x, 0.0))  # (B, L, h)
+        r = self.represent(torch.where(inputs.mask[..., None], x, 0.0))  # (B, L, h)
         scale = F.softplus(self.context_scale(r))  # g, (B, L, 1)
         w_sum = scale * features * self.similarity  # g a_d x_kd, (B, L, d_x)
         # Rows of B centred: a shift common to every feature above would count the distinct
@@ -129,10 +133,10 @@ class ContextClickModel(nn.Module):
         log_e = self.log_examination(torch.arange(length))
         return (log_e - log_e[0]).exp().numpy()
 
-    def attraction_logits(self, batch: ListBatch) -> Tensor:
+    def attraction_logits(self, inputs: ListInputs) -> Tensor:
         """(B, L) z_k of each slot, the list shown in slot order."""
-        appeal, w_sum, w_max, features = self.item_terms(batch)
-        prefix_sum, prefix_max = exclusive_prefix(features, batch.mask)
+        appeal, w_sum, w_max, features = self.item_terms(inputs)
+        prefix_sum, prefix_max = exclusive_prefix(features, inputs.mask)
         return appeal + (w_sum * prefix_sum).sum(-1) + (w_max * prefix_max).sum(-1)
 
     def log_examination(self, positions: Tensor) -> Tensor:
@@ -140,18 +144,18 @@ class ContextClickModel(nn.Module):
         ranks = positions.clamp(0, self.examination.num_embeddings - 1)
         return (EXAMINATION_STEP * self.examination(ranks).squeeze(-1)).clamp(max=0.0)
 
-    def log_click_probabilities(self, batch: ListBatch) -> Tensor:
-        """(B, L) log P(click) of each slot in slot order, shown at ``batch.positions``."""
-        positions = torch.where(batch.mask, batch.positions, torch.zeros_like(batch.positions))
-        return self.log_examination(positions) + F.logsigmoid(self.attraction_logits(batch))
+    def log_click_probabilities(self, inputs: ListInputs) -> Tensor:
+        """(B, L) log P(click) of each slot in slot order, shown at ``inputs.positions``."""
+        positions = torch.where(inputs.mask, inputs.positions, torch.zeros_like(inputs.positions))
+        return self.log_examination(positions) + F.logsigmoid(self.attraction_logits(inputs))
 
-    def click_probabilities(self, batch: ListBatch) -> Tensor:
+    def click_probabilities(self, inputs: ListInputs) -> Tensor:
         """(B, L) P(click) of each slot, 0 at padding."""
-        return torch.where(batch.mask, self.log_click_probabilities(batch).exp(), 0.0)
+        return torch.where(inputs.mask, self.log_click_probabilities(inputs).exp(), 0.0)
 
-    def expected_clicks(self, batch: ListBatch) -> Tensor:
+    def expected_clicks(self, inputs: ListInputs) -> Tensor:
         """(B,) the predicted clicks of each list shown in slot order."""
-        return self.click_probabilities(batch).sum(-1)
+        return self.click_probabilities(inputs).sum(-1)
 
     def nll(self, batch: ListBatch) -> Tensor:
         """Mean Bernoulli negative log-likelihood of the shown items' clicks, each list read in
@@ -165,28 +169,24 @@ class ContextClickModel(nn.Module):
         return (per_slot * batch.mask).sum() / batch.mask.sum().clamp(min=1)
 
 
-def shown_order(batch: ListBatch) -> Tensor:
+def shown_order(inputs: ListInputs) -> Tensor:
     """(B, L) slot indices in the order of ``positions`` (the rank each was shown at),
     padding last."""
-    return slots_by_rank(batch.positions, batch.mask)
+    return slots_by_rank(inputs.positions, inputs.mask)
 
 
-def in_display_order(batch: ListBatch, order: Tensor) -> ListBatch:
-    """The batch with its slots in ``order`` ((B, L) slot indices, top first) and each slot's
-    position its rank there: how the evaluator sees a list shown in that order."""
+def in_display_order(inputs: InputsT, order: Tensor) -> InputsT:
+    """The lists with their slots in ``order`` ((B, L) slot indices, top first) and each
+    slot's position its rank there: how the evaluator sees a list shown in that order."""
 
     def gather(values: Tensor) -> Tensor:
         index = order.reshape(order.shape + (1,) * (values.dim() - 2)).expand_as(values)
         return values.gather(1, index)
 
+    per_slot = {
+        f.name: gather(getattr(inputs, f.name))
+        for f in fields(inputs)
+        if f.name != "positions" and getattr(inputs, f.name).dim() >= 2
+    }
     ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return ListBatch(
-        features=gather(batch.features),
-        pv=gather(batch.pv),
-        mask=gather(batch.mask),
-        labels=gather(batch.labels),
-        positions=ranks,
-        user_ids=batch.user_ids,
-        list_ids=batch.list_ids,
-        item_ids=gather(batch.item_ids),
-    )
+    return replace(inputs, **per_slot, positions=ranks)

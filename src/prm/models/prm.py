@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from prm.config import PRMConfig
-from prm.data.batch import ListBatch
+from prm.data.batch import ListInputs
 from prm.models.base import Reranker
 from prm.models.layers import EncoderBlock, PositionBias, topic_counts
 
@@ -107,33 +107,33 @@ class PRM(Reranker):
         if self.position_bias is not None and self.config.position_bias != "learned":
             self.position_bias.fix(examination)
 
-    def click_logits(self, batch: ListBatch) -> Tensor:
+    def click_logits(self, inputs: ListInputs) -> Tensor:
         """(B, L) logits of the click softmax: ranking scores plus the position-bias tower."""
-        scores = self(batch)
+        scores = self(inputs)
         if self.position_bias is None:
             return scores
-        positions = torch.where(batch.mask, batch.positions, torch.zeros_like(batch.positions))
+        positions = torch.where(inputs.mask, inputs.positions, torch.zeros_like(inputs.positions))
         return scores + self.position_bias(positions)  # (B, L)
 
-    def forward(self, batch: ListBatch) -> Tensor:
+    def forward(self, inputs: ListInputs) -> Tensor:
         """(B, L) score logits, -inf at padded slots so sorting and softmax skip them."""
-        scores, _ = self._encode(batch, need_weights=False)
+        scores, _ = self._encode(inputs, need_weights=False)
         return scores
 
-    def forward_with_attention(self, batch: ListBatch) -> tuple[Tensor, list[Tensor]]:
+    def forward_with_attention(self, inputs: ListInputs) -> tuple[Tensor, list[Tensor]]:
         """Scores as ``forward``, and each block's (B, n_heads, L, L) attention weights."""
-        scores, weights = self._encode(batch, need_weights=True)
+        scores, weights = self._encode(inputs, need_weights=True)
         return scores, weights
 
     @torch.no_grad()
-    def rerank(self, batch: ListBatch) -> Tensor:
+    def rerank(self, inputs: ListInputs) -> Tensor:
         """(B, L) int64: slot indices by score, highest first; padded slots last, in slot order."""
-        return torch.argsort(self(batch), dim=-1, descending=True, stable=True)
+        return torch.argsort(self(inputs), dim=-1, descending=True, stable=True)
 
-    def _encode(self, batch: ListBatch, *, need_weights: bool) -> tuple[Tensor, list[Tensor]]:
-        self._check_inputs(batch)
-        mask = batch.mask
-        x = self.input(batch.features, batch.pv, batch.positions, mask)  # (B, L, d)
+    def _encode(self, inputs: ListInputs, *, need_weights: bool) -> tuple[Tensor, list[Tensor]]:
+        self._check_inputs(inputs)
+        mask = inputs.mask
+        x = self.input(inputs.features, inputs.pv, inputs.positions, mask)  # (B, L, d)
         weights = []
         for block in self.blocks:
             x, block_weights = block(x, mask, need_weights=need_weights)  # (B, L, d)
@@ -142,20 +142,20 @@ class PRM(Reranker):
         scores = self.output(x)  # (B, L)
         return scores.masked_fill(~mask, float("-inf")), weights
 
-    def _check_inputs(self, batch: ListBatch) -> None:
+    def _check_inputs(self, inputs: ListInputs) -> None:
         """Clear errors for inputs that would otherwise fail deep inside (or silently)."""
-        if batch.features.shape[-1] != self.d_feature:
+        if inputs.features.shape[-1] != self.d_feature:
             raise ValueError(
-                f"features have d={batch.features.shape[-1]}, PRM expects {self.d_feature}"
+                f"features have d={inputs.features.shape[-1]}, PRM expects {self.d_feature}"
             )
-        if self.config.use_pv and batch.pv.shape[-1] != self.d_pv:
-            raise ValueError(f"pv has d={batch.pv.shape[-1]}, PRM expects d_pv={self.d_pv}")
+        if self.config.use_pv and inputs.pv.shape[-1] != self.d_pv:
+            raise ValueError(f"pv has d={inputs.pv.shape[-1]}, PRM expects d_pv={self.d_pv}")
         # The range check reads tensor values, which a traced or exported graph cannot branch on;
         # callers of an exported model must keep positions in range themselves.
         uses_positions = self.config.use_pe or self.config.position_bias_tower
         if not uses_positions or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return
-        real = batch.positions[batch.mask]
+        real = inputs.positions[inputs.mask]
         if real.numel() and (real.min() < 0 or real.max() >= self.config.max_positions):
             raise ValueError(
                 f"initial positions must lie in [0, {self.config.max_positions}) "

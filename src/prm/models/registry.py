@@ -1,6 +1,6 @@
 """Build any re-ranker from the spec stored in its checkpoint: kind, config, input sizes.
 
-Every re-ranker (PRM and the baselines) takes a :class:`~prm.data.batch.ListBatch` and returns
+Every re-ranker (PRM and the baselines) reads a :class:`~prm.data.batch.ListInputs` and returns
 (B, L) scores, so the trainer, evaluation, export and serving work with any of them.
 """
 

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from prm.config import from_dict
-from prm.data.batch import ListBatch, slots_by_rank
+from prm.data.batch import ListInputs, slots_by_rank
 from prm.models.base import Reranker
 
 
@@ -23,14 +23,14 @@ def input_size(d_feature: int, d_pv: int, use_pv: bool) -> int:
     return d_feature + (d_pv if use_pv else 0)
 
 
-def item_inputs(batch: ListBatch, use_pv: bool) -> Tensor:
+def item_inputs(inputs: ListInputs, use_pv: bool) -> Tensor:
     """(B, L, d_in): [X; PV] (or X alone), zero at padded slots.
 
     Zeroing matters: attention multiplies padded values by a weight of 0, and 0 * NaN is NaN,
     so whatever a caller left in padded slots must not reach the arithmetic at all.
     """
-    x = torch.cat([batch.features, batch.pv], dim=-1) if use_pv else batch.features
-    return torch.where(batch.mask[..., None], x, 0.0)  # (B, L, d_in)
+    x = torch.cat([inputs.features, inputs.pv], dim=-1) if use_pv else inputs.features
+    return torch.where(inputs.mask[..., None], x, 0.0)  # (B, L, d_in)
 
 
 def mask_padding(scores: Tensor, mask: Tensor) -> Tensor:
@@ -49,7 +49,7 @@ def mlp(d_in: int, hidden: tuple[int, ...], d_out: int, dropout: float = 0.0) ->
 
 
 def run_in_initial_order(
-    rnn: nn.RNNBase, x: Tensor, batch: ListBatch, *, bottom_up: bool = False
+    rnn: nn.RNNBase, x: Tensor, inputs: ListInputs, *, bottom_up: bool = False
 ) -> tuple[Tensor, Any]:
     """Run a batch-first ``rnn`` over each list's real items in initial-rank order.
 
@@ -60,8 +60,8 @@ def run_in_initial_order(
     with no real item reads one zero input instead, which keeps every shape and gradient finite.
     """
     length = x.shape[1]
-    mask = batch.mask
-    reading_rank = -batch.positions if bottom_up else batch.positions  # (B, L)
+    mask = inputs.mask
+    reading_rank = -inputs.positions if bottom_up else inputs.positions  # (B, L)
     order = slots_by_rank(reading_rank, mask)  # (B, L): slots in reading order, padding last
     ordered = x.gather(1, order[..., None].expand_as(x))  # (B, L, d_in)
     lengths = mask.sum(dim=-1).clamp(min=1).cpu()  # (B,)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from prm.data.batch import ListBatch
+from prm.data.batch import ListInputs
 from prm.models.base import Reranker
 from prm.rankers.common import input_size, item_inputs, mask_padding, run_in_initial_order
 
@@ -65,9 +65,9 @@ class DLCM(Reranker):
         self.gru = nn.GRU(d, d, batch_first=True)
         self.rank = LocalRankingFunction(d, config.d_local)
 
-    def forward(self, batch: ListBatch) -> Tensor:
+    def forward(self, inputs: ListInputs) -> Tensor:
         """(B, L) scores, -inf at padded slots."""
-        x = self.abstraction(item_inputs(batch, self.config.use_pv))  # (B, L, alpha)
-        outputs, final = run_in_initial_order(self.gru, x, batch, bottom_up=True)
+        x = self.abstraction(item_inputs(inputs, self.config.use_pv))  # (B, L, alpha)
+        outputs, final = run_in_initial_order(self.gru, x, inputs, bottom_up=True)
         scores = self.rank(outputs, final[-1])  # (B, L)
-        return mask_padding(scores, batch.mask)
+        return mask_padding(scores, inputs.mask)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from prm.config import EvaluatorConfig
-from prm.data.batch import ListBatch
+from prm.data.batch import ListBatch, ListInputs
 from prm.models.base import Loss, Reranker
 from prm.models.evaluator import ContextClickModel, in_display_order, shown_order
 
@@ -57,24 +57,24 @@ class GeneratorEvaluator(Reranker):
         """The evaluator's click negative log-likelihood; ``loss_fn`` (a list loss) is unused."""
         return self.evaluator.nll(batch)
 
-    def forward(self, batch: ListBatch) -> Tensor:
+    def forward(self, inputs: ListInputs) -> Tensor:
         """(B, L) scores: -rank in the chosen list, -inf at padding."""
-        order = self.generate(batch)
+        order = self.generate(inputs)
         ranks = torch.arange(order.shape[1], device=order.device, dtype=torch.float32)
         scores = torch.empty(order.shape, device=order.device).scatter_(
             1, order, -ranks.expand(order.shape).contiguous()
         )
-        return scores.masked_fill(~batch.mask, float("-inf"))
+        return scores.masked_fill(~inputs.mask, float("-inf"))
 
     @torch.no_grad()
-    def generate(self, batch: ListBatch) -> Tensor:
+    def generate(self, inputs: ListInputs) -> Tensor:
         """(B, L) slot indices, top first: the candidate with the most predicted clicks.
 
         The search runs on the lists in their initial order, so that ties go to the item
         ranked higher there and the result does not depend on which slots hold the items.
         """
-        initial = shown_order(batch)  # (B, L) slots in initial order
-        shown = in_display_order(batch, initial)
+        initial = shown_order(inputs)  # (B, L) slots in initial order
+        shown = in_display_order(inputs, initial)
         beams, alive = self.beam_search(shown)  # (B, W, L), (B, W), indices into ``shown``
         identity = torch.arange(initial.shape[1], device=initial.device).expand_as(initial)
         candidates = torch.cat([beams, identity[:, None]], dim=1)  # (B, W + 1, L)
@@ -94,12 +94,12 @@ class GeneratorEvaluator(Reranker):
         return initial.gather(1, candidates[torch.arange(len(best)), best])
 
     @torch.no_grad()
-    def beam_search(self, batch: ListBatch) -> tuple[Tensor, Tensor]:
+    def beam_search(self, inputs: ListInputs) -> tuple[Tensor, Tensor]:
         """(B, W, L) the ``beam_width`` finished lists (slot indices, top first), best first,
         and (B, W) whether each is a real list (a list with fewer orders than W leaves dead
         beams). Padded slots are placed only after every real item."""
-        appeal, w_sum, w_max, x = self.evaluator.item_terms(batch)  # (B, L), (B, L, d) x3
-        n, length = batch.mask.shape
+        appeal, w_sum, w_max, x = self.evaluator.item_terms(inputs)  # (B, L), (B, L, d) x3
+        n, length = inputs.mask.shape
         width = self.config.beam_width
         ranks = torch.arange(length, device=x.device)
         examination = self.evaluator.log_examination(ranks).exp()  # (L,)
@@ -113,7 +113,7 @@ class GeneratorEvaluator(Reranker):
         # Only the first beam is live at the start, so the first step keeps W distinct items.
         total = torch.full((n, width), -float("inf"), device=x.device)
         total[:, 0] = 0.0
-        real = batch.mask[:, None, :]  # (B, 1, L)
+        real = inputs.mask[:, None, :]  # (B, 1, L)
         for rank in range(length):
             visible_max = torch.where(placed_any, prefix_max, 0.0)
             z = (
@@ -138,7 +138,7 @@ class GeneratorEvaluator(Reranker):
                 orders[rows, beam],
             )
             chosen = x[rows, slot]  # (B, W, d)
-            is_real = batch.mask[rows, slot][..., None]  # (B, W, 1)
+            is_real = inputs.mask[rows, slot][..., None]  # (B, W, 1)
             prefix_sum = prefix_sum + torch.where(is_real, chosen, 0.0)
             prefix_max = torch.where(is_real, torch.maximum(prefix_max, chosen), prefix_max)
             placed_any = placed_any | is_real

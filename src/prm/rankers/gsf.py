@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prm.data.batch import ListBatch
+from prm.data.batch import ListInputs
 from prm.models.base import Reranker
 from prm.rankers.common import input_size, item_inputs, mask_padding, mlp
 
@@ -46,11 +46,11 @@ class GSF(Reranker):
         m = config.group_size
         self.group_scorer = mlp(m * d_in, config.hidden, m, config.dropout)  # h
 
-    def forward(self, batch: ListBatch) -> Tensor:
+    def forward(self, inputs: ListInputs) -> Tensor:
         """(B, L) scores, -inf at padded slots."""
-        x = item_inputs(batch, self.config.use_pv)  # (B, L, d_in)
+        x = item_inputs(inputs, self.config.use_pv)  # (B, L, d_in)
         batch_size, length, d_in = x.shape
-        groups, valid = self._groups(batch)  # (B, G, m) slots, (B, G) bool
+        groups, valid = self._groups(inputs)  # (B, G, m) slots, (B, G) bool
         member_slots = groups.flatten(1)  # (B, G*m)
         members = x.gather(1, member_slots[..., None].expand(-1, -1, d_in))  # (B, G*m, d_in)
         members = members.view(batch_size, groups.shape[1], -1)  # (B, G, m * d_in)
@@ -58,22 +58,22 @@ class GSF(Reranker):
         weight = valid[..., None].expand_as(groups).flatten(1).float()  # (B, G*m)
         totals = x.new_zeros(batch_size, length).scatter_add(1, member_slots, group_scores * weight)
         counts = x.new_zeros(batch_size, length).scatter_add(1, member_slots, weight)  # (B, L)
-        return mask_padding(totals / counts.clamp(min=1), batch.mask)  # (B, L)
+        return mask_padding(totals / counts.clamp(min=1), inputs.mask)  # (B, L)
 
-    def _groups(self, batch: ListBatch) -> tuple[Tensor, Tensor]:
+    def _groups(self, inputs: ListInputs) -> tuple[Tensor, Tensor]:
         """(B, G, m) slots of each group's members and (B, G) True at groups of real items,
         G = L windows for each of the P orderings.
 
         For each ordering, window k holds the items at ranks k, k+1, ..., k+m-1 (mod n) of
         the ordering; only windows starting at a real rank k < n are valid.
         """
-        mask = batch.mask
+        mask = inputs.mask
         batch_size, length = mask.shape
         m = self.config.group_size
         if self.training:
             keys = torch.rand(batch_size, self.config.n_shuffles, length, device=mask.device)
         else:
-            keys = batch.positions[:, None, :].float()  # (B, 1, L): the initial ranking
+            keys = inputs.positions[:, None, :].float()  # (B, 1, L): the initial ranking
         keys = keys.masked_fill(~mask[:, None, :], float("inf"))  # (B, P, L)
         order = keys.argsort(dim=-1, stable=True)  # (B, P, L): real items first
         n_orderings = order.shape[1]

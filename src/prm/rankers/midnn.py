@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from prm.data.batch import ListBatch
+from prm.data.batch import ListInputs
 from prm.models.base import Reranker
 from prm.rankers.common import input_size, item_inputs, mask_padding, mlp
 
@@ -61,7 +61,7 @@ class MiDNN(Reranker):
         d_in = input_size(d_feature, d_pv, config.use_pv)
         self.scorer = mlp(7 * d_in, config.hidden, 1, config.dropout)
 
-    def forward(self, batch: ListBatch) -> Tensor:
+    def forward(self, inputs: ListInputs) -> Tensor:
         """(B, L) scores, -inf at padded slots."""
-        x = global_feature_extension(item_inputs(batch, self.config.use_pv), batch.mask)
-        return mask_padding(self.scorer(x).squeeze(-1), batch.mask)  # (B, L)
+        x = global_feature_extension(item_inputs(inputs, self.config.use_pv), inputs.mask)
+        return mask_padding(self.scorer(x).squeeze(-1), inputs.mask)  # (B, L)

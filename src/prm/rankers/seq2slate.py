@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from prm.data.batch import ListBatch
+from prm.data.batch import ListBatch, ListInputs
 from prm.models.base import Loss, Reranker
 from prm.rankers.common import input_size, item_inputs, mask_padding, run_in_initial_order
 from prm.training.losses import masked_log_softmax, masked_mean
@@ -70,19 +70,19 @@ class Seq2Slate(Reranker):
         self.go = nn.Parameter(torch.randn(d) * 0.1)  # decoder input before any item is placed
         self.pointer = Pointer(d)
 
-    def forward(self, batch: ListBatch) -> Tensor:
+    def forward(self, inputs: ListInputs) -> Tensor:
         """(B, L) scores -j for the item placed at step j (0 first), -inf at padded slots."""
-        slots = torch.arange(batch.mask.shape[-1], device=batch.mask.device)  # (L,)
-        scores = torch.zeros(batch.mask.shape, device=batch.mask.device)  # (B, L)
-        for step, (_, available, pick) in enumerate(self._greedy_steps(batch)):
+        slots = torch.arange(inputs.mask.shape[-1], device=inputs.mask.device)  # (L,)
+        scores = torch.zeros(inputs.mask.shape, device=inputs.mask.device)  # (B, L)
+        for step, (_, available, pick) in enumerate(self._greedy_steps(inputs)):
             placed = available & (slots == pick[:, None])  # (B, L)
             scores = scores.masked_fill(placed, -float(step))
-        return mask_padding(scores, batch.mask)
+        return mask_padding(scores, inputs.mask)
 
-    def click_logits(self, batch: ListBatch) -> Tensor:
+    def click_logits(self, inputs: ListInputs) -> Tensor:
         """(B, L) pointer logits u_1 of the first step, -inf at padded slots."""
-        logits, _, _ = next(self._greedy_steps(batch))
-        return mask_padding(logits, batch.mask)
+        logits, _, _ = next(self._greedy_steps(inputs))
+        return mask_padding(logits, inputs.mask)
 
     def loss(self, batch: ListBatch, loss_fn: Loss | None = None) -> Tensor:
         """The per-step cross-entropy of the module docstring, a scalar (0 if nothing clicked).
@@ -100,22 +100,22 @@ class Seq2Slate(Reranker):
             per_list = per_list - (targets * masked_log_softmax(logits, available)).sum(dim=-1)
         return masked_mean(per_list, (labels > 0).any(dim=-1))
 
-    def _greedy_steps(self, batch: ListBatch) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def _greedy_steps(self, inputs: ListInputs) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Greedy decoding, one step per slot: yields the (B, L) pointer logits, the (B, L) mask of
         items still available to point at, and the (B,) slot picked (meaningless once a list has
         no item left)."""
-        x = self.embed(item_inputs(batch, self.config.use_pv))  # (B, L, d)
-        encoded, (h, c) = run_in_initial_order(self.encoder, x, batch)  # (B, L, d)
+        x = self.embed(item_inputs(inputs, self.config.use_pv))  # (B, L, d)
+        encoded, (h, c) = run_in_initial_order(self.encoder, x, inputs)  # (B, L, d)
         keys = self.pointer.keys(encoded)  # (B, L, d)
         rows = torch.arange(x.shape[0], device=x.device)  # (B,)
         slots = torch.arange(x.shape[1], device=x.device)  # (L,)
         state = (h[-1], c[-1])  # 2 x (B, d)
-        inputs = self.go.expand(x.shape[0], -1)  # (B, d)
-        available = batch.mask
+        available = inputs.mask
+        step_input = self.go.expand(x.shape[0], -1)  # (B, d)
         for _ in range(x.shape[1]):
-            state = self.decoder(inputs, state)
+            state = self.decoder(step_input, state)
             logits = self.pointer(keys, state[0])  # (B, L)
             pick = logits.detach().masked_fill(~available, float("-inf")).argmax(dim=-1)  # (B,)
             yield logits, available, pick
             available = available & (slots != pick[:, None])  # (B, L)
-            inputs = x[rows, pick]  # (B, d)
+            step_input = x[rows, pick]  # (B, d)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from prm.data.batch import ListBatch
+from prm.data.batch import ListInputs
 from prm.models.base import Reranker
 from prm.models.layers import EncoderBlock
 from prm.rankers.common import input_size, item_inputs, mask_padding
@@ -47,9 +47,9 @@ class SetRank(Reranker):
         )
         self.score = nn.Linear(config.d_model, 1)
 
-    def forward(self, batch: ListBatch) -> Tensor:
+    def forward(self, inputs: ListInputs) -> Tensor:
         """(B, L) scores, -inf at padded slots."""
-        x = self.represent(item_inputs(batch, self.config.use_pv))  # (B, L, d)
+        x = self.represent(item_inputs(inputs, self.config.use_pv))  # (B, L, d)
         for block in self.blocks:
-            x, _ = block(x, batch.mask)  # (B, L, d)
-        return mask_padding(self.score(x).squeeze(-1), batch.mask)  # (B, L)
+            x, _ = block(x, inputs.mask)  # (B, L, d)
+        return mask_padding(self.score(x).squeeze(-1), inputs.mask)  # (B, L)

@@ -13,7 +13,7 @@ _EXPORTS = {
     "export_bundle": "prm.serving.export",
     "Catalog": "prm.serving.bundle",
     "read_manifest": "prm.serving.bundle",
-    "ListInputs": "prm.serving.predictor",
+    "CandidateLists": "prm.serving.predictor",
     "Predictor": "prm.serving.predictor",
     "load_predictor": "prm.serving.predictor",
     "Service": "prm.serving.app",

@@ -55,7 +55,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 import prm
 from prm.config import ConfigError
 from prm.serving.bundle import Catalog
-from prm.serving.predictor import BackendName, ListInputs, Predictor, load_predictor
+from prm.serving.predictor import BackendName, CandidateLists, Predictor, load_predictor
 from prm.serving.schemas import (
     ErrorResponse,
     Health,
@@ -128,7 +128,7 @@ def unservable(loc: tuple[str | int, ...], msg: str) -> ApiError:
     return ApiError(422, ("body", *loc), msg, "value_error")
 
 
-def request_inputs(request: RerankRequest, predictor: Predictor) -> ListInputs:
+def request_inputs(request: RerankRequest, predictor: Predictor) -> CandidateLists:
     """The request as a batch of one list, checked against the bundle's catalog and limits."""
     catalog = predictor.catalog
     n_items = len(request.items)
@@ -178,7 +178,7 @@ def request_inputs(request: RerankRequest, predictor: Predictor) -> ListInputs:
             )
         else:
             features[0, index] = item.features
-    return ListInputs(
+    return CandidateLists(
         profile=profile,
         history=history,
         history_mask=history_mask,

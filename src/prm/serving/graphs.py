@@ -8,33 +8,17 @@ Shapes: ``B`` lists of ``L`` candidate slots, a history of ``H`` item ids per us
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from prm.data.batch import ListBatch
+from prm.data.batch import ListInputs
 from prm.pretrain.ctr import CTRModel
 
 SCORE_INPUTS = ("features", "pv", "positions", "mask")
 PV_INPUTS = ("profile", "history", "history_mask", "item_ids", "item_features")
 
 
-def list_batch(features: Tensor, pv: Tensor, positions: Tensor, mask: Tensor) -> ListBatch:
-    """The ListBatch a re-ranker scores; ids and labels play no part in scoring, so zeros."""
-    unused = torch.zeros_like(positions)  # (B, L)
-    return ListBatch(
-        features=features,
-        pv=pv,
-        mask=mask,
-        labels=unused.float(),
-        positions=positions,
-        user_ids=unused[:, 0],
-        list_ids=unused[:, 0],
-        item_ids=unused,
-    )
-
-
 class ScoreGraph(nn.Module):
-    """A re-ranker with tensor inputs instead of a ListBatch: (features, pv, positions, mask)."""
+    """A re-ranker with plain tensor inputs instead of a ListInputs, as ONNX needs them."""
 
     def __init__(self, reranker: nn.Module) -> None:
         super().__init__()
@@ -42,7 +26,7 @@ class ScoreGraph(nn.Module):
 
     def forward(self, features: Tensor, pv: Tensor, positions: Tensor, mask: Tensor) -> Tensor:
         """(B, L, d_feature), (B, L, d_pv), (B, L) int64, (B, L) bool -> (B, L) scores."""
-        return self.reranker(list_batch(features, pv, positions, mask))  # -inf at padding
+        return self.reranker(ListInputs(features, pv, positions, mask))  # -inf at padding
 
 
 class PVGraph(nn.Module):

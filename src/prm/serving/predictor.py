@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
+from prm.data.batch import ListInputs
 from prm.models.registry import build_reranker
 from prm.pretrain.ctr import load_ctr
 from prm.serving.bundle import (
@@ -26,13 +27,13 @@ from prm.serving.bundle import (
     Catalog,
     read_manifest,
 )
-from prm.serving.graphs import PVGraph, ScoreGraph, list_batch
+from prm.serving.graphs import PVGraph, ScoreGraph
 
 BackendName = Literal["onnx", "torch"]
 
 
 @dataclass(frozen=True)
-class ListInputs:
+class CandidateLists:
     """Raw inputs of ``B`` candidate lists padded to ``L`` slots, in their initial order."""
 
     profile: np.ndarray  # (B, d_profile) float32
@@ -49,11 +50,11 @@ class ListInputs:
 
 
 class Backend(Protocol):
-    def pv(self, inputs: ListInputs) -> np.ndarray:
+    def pv(self, inputs: CandidateLists) -> np.ndarray:
         """(B, L, d_pv) float32 personalized vectors."""
         ...
 
-    def scores(self, inputs: ListInputs, pv: np.ndarray) -> np.ndarray:
+    def scores(self, inputs: CandidateLists, pv: np.ndarray) -> np.ndarray:
         """(B, L) float32 scores; padded slots may hold anything."""
         ...
 
@@ -76,7 +77,7 @@ class OnnxBackend:
         # The exporter drops inputs a model ignores (PV of PRM-BASE); feed only those it kept.
         self._score_inputs = {node.name for node in self._scores.get_inputs()}
 
-    def pv(self, inputs: ListInputs) -> np.ndarray:
+    def pv(self, inputs: CandidateLists) -> np.ndarray:
         feeds = {
             "profile": inputs.profile,
             "history": inputs.history,
@@ -86,7 +87,7 @@ class OnnxBackend:
         }
         return self._pv.run(None, feeds)[0]
 
-    def scores(self, inputs: ListInputs, pv: np.ndarray) -> np.ndarray:
+    def scores(self, inputs: CandidateLists, pv: np.ndarray) -> np.ndarray:
         feeds = {
             "features": inputs.features,
             "pv": pv,
@@ -109,7 +110,7 @@ class TorchBackend:
         self._pv = PVGraph(load_ctr(bundle / CTR_TORCH)).eval()
 
     @torch.inference_mode()
-    def pv(self, inputs: ListInputs) -> np.ndarray:
+    def pv(self, inputs: CandidateLists) -> np.ndarray:
         return self._pv(
             torch.from_numpy(inputs.profile),
             torch.from_numpy(inputs.history),
@@ -119,19 +120,19 @@ class TorchBackend:
         ).numpy()
 
     @torch.inference_mode()
-    def scores(self, inputs: ListInputs, pv: np.ndarray) -> np.ndarray:
+    def scores(self, inputs: CandidateLists, pv: np.ndarray) -> np.ndarray:
         return self._scores(*self._tensors(inputs, pv)).numpy()
 
     @torch.inference_mode()
-    def attention(self, inputs: ListInputs, pv: np.ndarray) -> list[np.ndarray]:
+    def attention(self, inputs: CandidateLists, pv: np.ndarray) -> list[np.ndarray]:
         """Each block's (B, n_heads, L, L) self-attention weights (PRM only)."""
         if not hasattr(self.reranker, "forward_with_attention"):
             raise BundleError(f"{type(self.reranker).__name__} has no self-attention to show")
-        _, weights = self.reranker.forward_with_attention(list_batch(*self._tensors(inputs, pv)))
+        _, weights = self.reranker.forward_with_attention(ListInputs(*self._tensors(inputs, pv)))
         return [block.numpy() for block in weights]
 
     @staticmethod
-    def _tensors(inputs: ListInputs, pv: np.ndarray) -> tuple[torch.Tensor, ...]:
+    def _tensors(inputs: CandidateLists, pv: np.ndarray) -> tuple[torch.Tensor, ...]:
         return (
             torch.from_numpy(inputs.features),
             torch.from_numpy(pv),
@@ -160,24 +161,24 @@ class Predictor:
         """The longest list served: the size of PRM's position table."""
         return self.manifest["reranker"]["max_list_length"]
 
-    def pv(self, inputs: ListInputs) -> np.ndarray:
+    def pv(self, inputs: CandidateLists) -> np.ndarray:
         """(B, L, d_pv) float32 personalized vectors; zeros for a re-ranker that ignores them."""
         reranker = self.manifest["reranker"]
         if reranker["uses_pv"]:
             return self.backend.pv(inputs)
         return np.zeros((*inputs.mask.shape, reranker["d_pv"]), np.float32)
 
-    def score(self, inputs: ListInputs) -> np.ndarray:
+    def score(self, inputs: CandidateLists) -> np.ndarray:
         """(B, L) float32 scores of every candidate, -inf at padded slots."""
         scores = self.backend.scores(inputs, self.pv(inputs))
         return np.where(inputs.mask, scores, -np.inf).astype(np.float32)
 
     def known_user_lists(
         self, user_ids: np.ndarray, item_ids: np.ndarray, mask: np.ndarray
-    ) -> ListInputs:
+    ) -> CandidateLists:
         """Inputs of lists of catalog users and items, (B,), (B, L), (B, L); ids must be valid."""
         item_ids = np.where(mask, item_ids, 0).astype(np.int64)
-        return ListInputs(
+        return CandidateLists(
             profile=self.catalog.profile[user_ids],
             history=self.catalog.history[user_ids],
             history_mask=self.catalog.history_mask[user_ids],
