@@ -30,6 +30,26 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} in {stats['seconds']} s")
 
 
+def cmd_check_data(args: argparse.Namespace) -> None:
+    from prm.data.check import check_data, summarize_data
+
+    violations = check_data(args.data)
+    if violations:
+        shown = violations if args.show == 0 else violations[: args.show]
+        for violation in shown:
+            print(violation)
+        if len(shown) < len(violations):
+            print(f"... and {len(violations) - len(shown)} more (--show 0 lists all)")
+        files = len({violation.file for violation in violations})
+        raise DataError(
+            f"{len(violations)} violation(s) in {files} file(s) of {args.data}; "
+            "docs/data.md describes the format"
+        )
+    summary = summarize_data(args.data)
+    lists = ", ".join(f"{split} {n}" for split, n in summary["lists"].items())
+    print(f"{args.data}: ok: {summary['items']} items, {summary['users']} users; lists: {lists}")
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from prm.data.loaders import load_list_data
     from prm.pipeline import demo_splits, pretrain
@@ -253,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--seed", type=int, help="override simulator.seed")
     sub.add_argument(
         "--shard-lists", type=int, help="lists per Parquet shard (lists_<split>/part-*.parquet)"
+    )
+
+    sub = command(
+        "check-data",
+        cmd_check_data,
+        "check a data folder against the format in docs/data.md: list every problem (file, "
+        "row, column) and exit with code 2, or print a short summary; writes nothing",
+    )
+    sub.add_argument("data", metavar="DIR", help="dataset folder")
+    sub.add_argument(
+        "--show", type=int, default=50, metavar="N", help="problems to print (default 50; 0: all)"
     )
 
     sub = command("pretrain", cmd_pretrain, "train the CTR model and cache PV for every list")
