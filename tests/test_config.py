@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from prm.config import ConfigError, ExperimentConfig, from_dict, load_config
+from prm.config import (
+    CONFIG_DIR,
+    ConfigError,
+    ExperimentConfig,
+    config_file,
+    from_dict,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,6 +21,22 @@ ROOT = Path(__file__).resolve().parents[1]
 )  # bench_*.yaml are BenchmarkConfig files, loaded in tests/evaluation/test_benchmark.py
 def test_every_committed_config_loads(path: Path) -> None:
     assert isinstance(load_config(path), ExperimentConfig)
+
+
+def test_shipped_configs_are_the_committed_ones_and_load_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert CONFIG_DIR.resolve() == (ROOT / "configs").resolve()  # one copy: the link
+    monkeypatch.chdir(tmp_path)  # names work from any folder
+    assert (
+        load_config("tiny") == load_config("tiny.yaml") == load_config(ROOT / "configs/tiny.yaml")
+    )
+    (tmp_path / "tiny.yaml").write_text("name: mine\n")  # a file of that name comes first
+    assert load_config("tiny.yaml").name == "mine"
+    with pytest.raises(ConfigError, match="nope: config file not found.*shipped.*demo, "):
+        config_file("nope")
+    with pytest.raises(ConfigError, match="config file not found"):
+        config_file("elsewhere/tiny.yaml")  # a path is never replaced by a shipped file
 
 
 def test_values_are_typed_and_nested() -> None:

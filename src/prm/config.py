@@ -1,7 +1,10 @@
 """Experiment configuration: frozen dataclasses loaded from YAML/JSON.
 
-Every reported experiment has one file in ``configs/``. Unknown keys and wrong types are
-rejected by their dotted name, so a typo never silently falls back to a default.
+Every reported experiment has one file in ``configs/``. Those files ship inside the package
+(``src/prm/configs`` links to the checkout's ``configs/``; the wheel holds a copy), so a config
+can be named without a path: ``load_config("tiny")``, ``prm demo --config demo``. Unknown keys
+and wrong types are rejected by their dotted name, so a typo never silently falls back to a
+default.
 """
 
 from __future__ import annotations
@@ -235,11 +238,27 @@ def to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # the configs shipped with prm
+
+
+def config_file(name: str | Path) -> Path:
+    """``name`` when it is a file, else the shipped config it names without a folder
+    (``demo`` or ``demo.yaml`` is ``CONFIG_DIR/demo.yaml``); an error listing them if neither."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if len(path.parts) == 1:
+        shipped = CONFIG_DIR / (path.name if path.suffix else f"{path.name}.yaml")
+        if shipped.is_file():
+            return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"{path}: config file not found (configs shipped with prm: {names})")
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read an experiment config from a ``.yaml``/``.yml``/``.json`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    """Read an experiment config from a ``.yaml``/``.yml``/``.json`` file, or a shipped one by
+    name (:func:`config_file`)."""
+    path = config_file(path)
     try:
         text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

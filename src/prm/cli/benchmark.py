@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -12,14 +13,14 @@ QUICK_OUT = "runs/benchmark_quick"  # quick results never overwrite benchmarks/R
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from prm.benchmark import (
-        load_benchmark_config,
-        render_table,
-        run_benchmark,
-        suite_config_path,
-    )
+    from prm.benchmark import load_benchmark_config, render_table, run_benchmark
+    from prm.config import config_file
+    from prm.data.files import DATA_DIR_ENV
 
-    config = load_benchmark_config(suite_config_path(args.suite), quick=args.quick)
+    if args.data_dir:  # this process's data folder, as $PRM_DATA_DIR would name it
+        os.environ[DATA_DIR_ENV] = str(Path(args.data_dir).resolve())
+    path = args.suite if Path(args.suite).is_file() else f"bench_{args.suite}"
+    config = load_benchmark_config(config_file(path), quick=args.quick)
     out = args.out or (QUICK_OUT if args.quick else "benchmarks")
     work = args.work or (f"{QUICK_OUT}/work" if args.quick else "runs/benchmark")
     results = run_benchmark(
@@ -47,8 +48,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub = commands.add_parser("benchmark", help=help_text, description=help_text)
     sub.add_argument(
         "suite",
-        help="mq2008, ml100k, lgbm_rank or ultr_mq2008 (configs/bench_<suite>.yaml), or a YAML "
-        "path",
+        help="mq2008, ml100k, lgbm_rank or ultr_mq2008 (configs/bench_<suite>.yaml, shipped "
+        "with prm), or a YAML path",
+    )
+    sub.add_argument(
+        "--data-dir",
+        help="folder holding the datasets (mq2008/, lgbm_rank/, ml-100k/); default $PRM_DATA_DIR, "
+        "else ../shared/data beside a checkout",
     )
     sub.add_argument("--quick", action="store_true", help="the suite's tiny 'quick' settings")
     sub.add_argument(

@@ -263,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--config", help="experiment config (YAML or JSON); defaults if omitted")
+        sub.add_argument(
+            "--config",
+            help="experiment config: a YAML or JSON file, or the name of one shipped with prm "
+            "(demo, tiny, ...); defaults if omitted",
+        )
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         sub.set_defaults(handler=handler)
         return sub

@@ -1,8 +1,9 @@
 """Where the real datasets live, and line-numbered reading of their text files.
 
 Real data (LETOR MQ2008, LightGBM's ranking sample, MovieLens 100K) is never copied into the
-repository: it is read from a data folder, by default ``../shared/data`` beside the repository
-root, or the folder named by the ``PRM_DATA_DIR`` environment variable.
+repository or the package. It is read from a data folder: the one passed explicitly (a
+``data_dir`` argument or ``--data-dir``), else the folder named by ``$PRM_DATA_DIR``, else, when
+prm runs from a checkout, ``../shared/data`` beside the repository root.
 """
 
 from __future__ import annotations
@@ -14,12 +15,31 @@ from pathlib import Path
 from prm.data.loaders import DataError
 
 DATA_DIR_ENV = "PRM_DATA_DIR"
-REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def _checkout_root() -> Path | None:
+    """The repository root when prm is imported from its ``src/`` folder, else None."""
+    src = Path(__file__).resolve().parents[2]  # <root>/src/prm/data/files.py
+    root = src.parent
+    return root if src.name == "src" and (root / "pyproject.toml").is_file() else None
+
+
+CHECKOUT_ROOT = _checkout_root()
 
 
 def default_data_dir() -> Path:
-    """``$PRM_DATA_DIR`` if set, else ``<repo root>/../shared/data``."""
-    return Path(os.environ.get(DATA_DIR_ENV) or REPO_ROOT.parent / "shared" / "data")
+    """``$PRM_DATA_DIR`` if set, else ``<repo root>/../shared/data`` in a checkout; an error
+    saying what to set for an installed package without ``$PRM_DATA_DIR``."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    if CHECKOUT_ROOT is not None:
+        return CHECKOUT_ROOT.parent / "shared" / "data"
+    raise DataError(
+        f"no data folder: ${DATA_DIR_ENV} is not set, and prm runs from "
+        f"{Path(__file__).parents[1]}, not from a checkout with ../shared/data. Set "
+        f"{DATA_DIR_ENV} to the folder holding the datasets (mq2008/, lgbm_rank/, ml-100k/), or "
+        "pass that folder explicitly (--data-dir)."
+    )
 
 
 def dataset_dir(name: str, data_dir: str | Path | None = None) -> Path:
@@ -29,7 +49,7 @@ def dataset_dir(name: str, data_dir: str | Path | None = None) -> Path:
     if not path.is_dir():
         raise DataError(
             f"{path}: dataset folder not found. Put the {name!r} files there (see its README.md), "
-            f"or point to another data folder with ${DATA_DIR_ENV} or the data_dir argument."
+            f"or point to another data folder with ${DATA_DIR_ENV} or data_dir (--data-dir)."
         )
     return path
 
