@@ -49,7 +49,7 @@ def run_stage(stage: str, seconds: float) -> float:
 
     from prm.config import PRMConfig
     from prm.data.batch import ListDataset
-    from prm.models.registry import build_reranker, prm_spec
+    from prm.registry import ModelSpec
     from prm.training.losses import softmax_cross_entropy
 
     rng = np.random.default_rng(0)
@@ -78,7 +78,7 @@ def run_stage(stage: str, seconds: float) -> float:
             if stage == "prm"
             else PRMConfig(d_model=48, n_heads=2, n_blocks=2, d_ff=96, use_pv=False)
         )
-        model = build_reranker(prm_spec(model_config, d_feature, d_pv))
+        model = ModelSpec.of("prm", model_config, d_feature, d_pv).build()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
         lists = ListDataset.from_arrays(
             rng.normal(size=(batch, length, d_feature)),

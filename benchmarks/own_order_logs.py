@@ -19,20 +19,20 @@ through --work.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from position_bias import OracleGain, curve_table, prepared_data, scored_epoch
+from position_bias import EpochCurve, OracleGain, curve_table, prepared_data
 
 from prm.config import ExperimentConfig, load_config
 from prm.data.batch import ListDataset
 from prm.data.simulator import ClickModel, load_click_model
-from prm.data.streaming import InMemoryLists
 from prm.evaluation.evaluate import score_lists
 from prm.evaluation.metrics import rank_order
-from prm.models.registry import build_reranker, prm_spec
-from prm.training.trainer import Trainer
+from prm.registry import ModelSpec
+from prm.training.trainer import fit_reranker
 
 
 def logged_in_order(
@@ -56,20 +56,27 @@ def train_round(
 ) -> tuple[list[tuple[float, float]], np.ndarray]:
     """Per-epoch (validation loss, % of the oracle's validation gain), and the training lists'
     scores after ``config.train.epochs`` epochs (the order the next round shows)."""
-    torch.manual_seed(config.train.seed)
-    spec = prm_spec(config.model, train.d_feature, train.d_pv)
-    trainer = Trainer(
-        build_reranker(spec), config.train, run_dir, model_spec=spec, progress=False, reports=False
-    )
-    lists, gain = InMemoryLists(train), OracleGain(click_model, valid)
-    curve, deployed_scores = [], None
-    for epoch in range(1, max(epochs, config.train.epochs) + 1):
-        point = scored_epoch(trainer, lists, valid, gain, epoch, label)
-        if epoch <= epochs:
-            curve.append(point)
+    spec = ModelSpec.of("prm", config.model, train.d_feature, train.d_pv)
+    curve = EpochCurve(OracleGain(click_model, valid), valid, label)
+    deployed = {}
+
+    def grade(epoch: int, model: torch.nn.Module, metrics: dict[str, float]) -> None:
+        curve(epoch, model, metrics)
         if epoch == config.train.epochs:
-            deployed_scores = score_lists(trainer.model, train)
-    return curve, deployed_scores
+            deployed["scores"] = score_lists(model, train)
+
+    total = max(epochs, config.train.epochs)
+    fit_reranker(
+        spec,
+        replace(config.train, epochs=total, patience=total),
+        train,
+        valid,
+        run_dir,
+        progress=False,
+        reports=False,
+        on_epoch=grade,
+    )
+    return curve.points[:epochs], deployed["scores"]
 
 
 def main() -> None:

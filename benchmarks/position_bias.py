@@ -39,12 +39,11 @@ from prm.data.batch import ListDataset
 from prm.data.examination import require_examination
 from prm.data.loaders import ListData, load_list_data
 from prm.data.simulator import ClickModel, load_click_model, simulate
-from prm.data.streaming import InMemoryLists
 from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
 from prm.evaluation.report import markdown_table
-from prm.models.registry import build_reranker, prm_spec
 from prm.pipeline import attach_pv, pretrain
-from prm.training.trainer import Trainer
+from prm.registry import ModelSpec
+from prm.training.trainer import fit_reranker
 
 REPORTED_RANKS = (2, 5, 10, 20, 30)
 # name: (PE of the initial rank, tower: None, "learned", "exploration" or "true").
@@ -79,22 +78,32 @@ def train_variant(
     run_dir: Path,
 ) -> list[tuple[float, float]]:
     """(validation loss, % of the oracle's validation gain) after each epoch."""
-    train = data.splits["train"]
-    torch.manual_seed(config.train.seed)
+    train, valid = data.splits["train"], data.splits["valid"]
     use_pe, tower = VARIANTS[name]
-    model_config = replace(config.model, use_pe=use_pe, position_bias_tower=tower is not None)
-    spec = prm_spec(model_config, train.d_feature, train.d_pv)
-    model = build_reranker(spec)
-    if tower == "exploration":
-        model.position_bias.fix(require_examination(data.examination, name))
-    elif tower == "true":
-        model.position_bias.fix(click_model.examination(config.simulator.list_length))
-    trainer = Trainer(model, config.train, run_dir, model_spec=spec, progress=False, reports=False)
-    lists, valid = InMemoryLists(train), data.splits["valid"]
-    gain = OracleGain(click_model, valid)
-    return [
-        scored_epoch(trainer, lists, valid, gain, epoch, name) for epoch in range(1, epochs + 1)
-    ]
+    examination = {
+        "exploration": lambda: require_examination(data.examination, name),
+        "true": lambda: click_model.examination(config.simulator.list_length),
+    }.get(tower, lambda: None)()
+    model_config = replace(
+        config.model,
+        use_pe=use_pe,
+        position_bias_tower=tower is not None,
+        position_bias="learned" if examination is None else "exploration",  # fixed at it
+    )
+    spec = ModelSpec.of("prm", model_config, train.d_feature, train.d_pv)
+    curve = EpochCurve(OracleGain(click_model, valid), valid, name)
+    fit_reranker(
+        spec,
+        replace(config.train, epochs=epochs, patience=epochs),
+        train,
+        valid,
+        run_dir,
+        examination=examination,
+        progress=False,
+        reports=False,
+        on_epoch=curve,
+    )
+    return curve.points
 
 
 class OracleGain:
@@ -112,28 +121,25 @@ class OracleGain:
         return 100 * (clicks - self.initial) / (self.oracle - self.initial)
 
 
-def scored_epoch(
-    trainer: Trainer,
-    train: InMemoryLists,
-    valid: ListDataset,
-    oracle_gain: OracleGain,
-    epoch: int,
-    label: str,
-) -> tuple[float, float]:
-    """Train one epoch, print and return (validation loss, % of the oracle's validation gain).
+class EpochCurve:
+    """After each epoch: print and keep (validation loss, % of the oracle's validation gain).
 
     The validation lists are scored from their initial order, as in the demo.
     """
-    started = time.perf_counter()
-    trainer.train_epoch(train, epoch)
-    loss = trainer.validate(valid)["loss"]
-    gain = oracle_gain(score_lists(trainer.model, valid))
-    seconds = time.perf_counter() - started
-    print(
-        f"{label} epoch {epoch}: loss {loss:.4f}, gain {gain:.1f}% ({seconds:.0f} s)"
-        + tower_offsets(trainer.model, oracle_gain.click_model)
-    )
-    return loss, gain
+
+    def __init__(self, oracle_gain: OracleGain, valid: ListDataset, label: str) -> None:
+        self.oracle_gain, self.valid, self.label = oracle_gain, valid, label
+        self.points: list[tuple[float, float]] = []
+        self.started = time.perf_counter()
+
+    def __call__(self, epoch: int, model: torch.nn.Module, metrics: dict[str, float]) -> None:
+        gain = self.oracle_gain(score_lists(model, self.valid))
+        seconds, self.started = time.perf_counter() - self.started, time.perf_counter()
+        print(
+            f"{self.label} epoch {epoch}: loss {metrics['loss']:.4f}, gain {gain:.1f}% "
+            f"({seconds:.0f} s)" + tower_offsets(model, self.oracle_gain.click_model)
+        )
+        self.points.append((metrics["loss"], gain))
 
 
 def curve_table(curves: dict[str, list[tuple[float, float]]]) -> str:

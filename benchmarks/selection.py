@@ -28,13 +28,12 @@ from position_bias import OracleGain
 from prm.config import load_config
 from prm.data.loaders import load_list_data
 from prm.data.simulator import load_click_model
-from prm.data.streaming import InMemoryLists
 from prm.evaluation.estimate import EstimatedClicks
 from prm.evaluation.evaluate import score_lists
 from prm.evaluation.report import markdown_table
-from prm.models.registry import build_reranker, prm_spec
 from prm.pipeline import EVALUATOR, attach_pv, load_reranker
-from prm.training.trainer import Trainer
+from prm.registry import ModelSpec
+from prm.training.trainer import fit_reranker
 
 RULES = ("estimated clicks (logs)", "validation loss (logs)", "true clicks (hidden truth)")
 
@@ -42,37 +41,42 @@ RULES = ("estimated clicks (logs)", "validation loss (logs)", "true clicks (hidd
 def epoch_curve(config, data, model_config, seed, evaluator, gains, run_dir) -> list[dict]:
     """Per epoch: validation loss and estimate, true validation and test gain."""
     train, valid, test = (data.splits[s] for s in ("train", "valid", "test"))
-    torch.manual_seed(seed)
-    spec = prm_spec(model_config, train.d_feature, train.d_pv)
-    model = build_reranker(spec)
-    if model_config.position_bias_tower and model_config.position_bias == "evaluator":
-        model.position_bias.fix(evaluator.relative_examination(model_config.max_positions))
-    trainer = Trainer(
-        model,
-        replace(config.train, seed=seed),
-        run_dir,
-        model_spec=spec,
-        progress=False,
-        reports=False,
-        estimator=EstimatedClicks(evaluator),
+    spec = ModelSpec.of("prm", model_config, train.d_feature, train.d_pv)
+    examination = (
+        evaluator.relative_examination(model_config.max_positions)
+        if model_config.position_bias == "evaluator"
+        else data.examination
     )
-    lists, rows = InMemoryLists(train), []
-    for epoch in range(1, config.train.epochs + 1):
-        trainer.train_epoch(lists, epoch)
-        metrics = trainer.validate(valid)
+    rows = []
+
+    def grade(epoch: int, model: torch.nn.Module, metrics: dict[str, float]) -> None:
         rows.append(
             {
                 "loss": metrics["loss"],
                 "estimate": metrics["estimated_clicks"],
-                "valid_gain": gains["valid"](score_lists(trainer.model, valid)),
-                "test_gain": gains["test"](score_lists(trainer.model, test)),
+                "valid_gain": gains["valid"](score_lists(model, valid)),
+                "test_gain": gains["test"](score_lists(model, test)),
             }
         )
         print(
-            f"seed {seed} {spec['config']['use_pv'] and 'prm' or 'prm_base'} epoch {epoch}: "
+            f"seed {seed} {'prm' if spec.uses_pv else 'prm_base'} epoch {epoch}: "
             + ", ".join(f"{k} {v:.4f}" for k, v in rows[-1].items()),
             flush=True,
         )
+
+    epochs = config.train.epochs
+    fit_reranker(
+        spec,
+        replace(config.train, seed=seed, patience=epochs),
+        train,
+        valid,
+        run_dir,
+        examination=examination,
+        progress=False,
+        reports=False,
+        estimator=EstimatedClicks(evaluator),
+        on_epoch=grade,
+    )
     return rows
 
 

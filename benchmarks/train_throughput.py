@@ -51,7 +51,7 @@ from torch import nn
 from prm.config import PRMConfig, TrainConfig
 from prm.data.batch import ListDataset
 from prm.data.streaming import InMemoryLists
-from prm.models.registry import build_reranker, prm_spec
+from prm.registry import ModelSpec
 from prm.training.losses import softmax_cross_entropy
 from prm.training.trainer import Trainer
 
@@ -138,7 +138,8 @@ def window_steps(step_seconds: float, seconds: float) -> int:
 
 def prm_rate(size: Size, config: TrainConfig, seconds: float, repeats: int) -> float:
     """Lists per second of ``Trainer.train_epoch``."""
-    spec = prm_spec(
+    spec = ModelSpec.of(
+        "prm",
         PRMConfig(
             d_model=size.d_model,
             n_heads=size.heads,
@@ -151,7 +152,7 @@ def prm_rate(size: Size, config: TrainConfig, seconds: float, repeats: int) -> f
     )
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(build_reranker(spec), config, run_dir, model_spec=spec, progress=False)
+        trainer = Trainer(spec, config, run_dir, progress=False)
         warm = InMemoryLists(synthetic_lists(2 * size.batch, size.length, rng))
         trainer.train_epoch(warm, 0)  # compiles, when compiling
         started = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 import prm
 from prm import ListDataset, ListReranker, PRMReranker
 from prm.config import ConfigError
-from prm.models.registry import RERANKERS
+from prm.registry import RERANKERS
 
 
 def planted_lists(n: int, seed: int) -> ListDataset:

@@ -73,14 +73,15 @@ from prm.evaluation.metrics import lists_with_click
 from prm.evaluation.report import markdown_table, p_value_cell
 from prm.evaluation.significance import mean_std
 from prm.io import atomic_path, write_json
-from prm.pipeline import attach_pv, fit, machine, pairwise_tests, pretrain
+from prm.pipeline import attach_pv, machine, pairwise_tests, pretrain
 from prm.rankers.dlcm import DLCMConfig
 from prm.rankers.gsf import GSFConfig
 from prm.rankers.initial_lists import fit_ranker, initial_lists, letor_reranking_data, make_ranker
 from prm.rankers.midnn import MiDNNConfig
 from prm.rankers.seq2slate import Seq2SlateConfig
 from prm.rankers.setrank import SetRankConfig
-from prm.training.trainer import TrainState
+from prm.registry import ModelSpec
+from prm.training.trainer import TrainState, fit_reranker
 
 Dataset = Literal["mq2008", "lgbm_rank", "ml-100k"]
 InitialRanker = Literal["lambdamart", "linear_pairwise", "pointwise_dnn"]
@@ -263,12 +264,6 @@ def load_benchmark_config(path: str | Path, *, quick: bool = False) -> Benchmark
         return from_dict(BenchmarkConfig, _merge(data, overrides) if quick else data)
     except (ConfigError, TypeError) as error:
         raise ConfigError(f"{path}: {error}") from error
-
-
-def suite_config_path(suite: str) -> Path:
-    """``suite`` itself when it is a file, else ``configs/bench_<suite>.yaml``."""
-    path = Path(suite)
-    return path if path.is_file() else Path("configs") / f"bench_{suite}.yaml"
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -499,23 +494,20 @@ def with_pv(
 # ----------------------------------------------------------------------------- training
 
 
-def fit_reranker(
-    kind: str,
-    model: dict[str, Any],
+def fit_quietly(
+    spec: ModelSpec,
     train_config: TrainConfig,
     splits: dict[str, ListDataset],
     run_dir: Path,
     evaluate: EvalConfig,
 ) -> tuple[nn.Module, TrainState]:
-    """A fresh re-ranker fitted on ``train``, holding its best epoch on ``valid``."""
-    train = splits["train"]
-    spec = {"kind": kind, "config": model, "d_feature": train.d_feature, "d_pv": train.d_pv}
-    # No per-epoch curve PNG: drawing it took about 0.13 s, more than most MQ2008 epochs
-    # (0.03-0.35 s); the epoch history goes into the run's record.json instead.
-    return fit(
+    """:func:`fit_reranker` on ``splits``' train and valid lists, without progress bars or a
+    per-epoch curve PNG: drawing it took about 0.13 s, more than most MQ2008 epochs
+    (0.03-0.35 s); the epoch history goes into the run's record.json instead."""
+    return fit_reranker(
         spec,
         train_config,
-        train,
+        splits["train"],
         splits["valid"],
         run_dir,
         eval_config=evaluate,
@@ -530,9 +522,9 @@ def train_and_test(
     """Fit on ``train``, keep the best epoch on ``valid``, and return per-list test metrics."""
     train_config = replace(run.row.train, seed=run.seed)
     started = time.perf_counter()
-    model, state = fit_reranker(
-        run.row.kind, run.row.model, train_config, splits, run_dir, evaluate
-    )
+    train = splits["train"]
+    spec = ModelSpec(run.row.kind, run.row.model, train.d_feature, train.d_pv)
+    model, state = fit_quietly(spec, train_config, splits, run_dir, evaluate)
     test = splits["test"]
     scores = score_lists(model, test, device=train_config.device)
     per_list = per_list_metrics(scores, test, evaluate)
@@ -562,9 +554,9 @@ def estimate_examination(
     )
     started = time.perf_counter()
     train_config = replace(estimator.train, seed=seed)
-    fitted, state = fit_reranker(
-        "prm", to_dict(model), train_config, click_splits, run_dir, config.evaluate
-    )
+    train = click_splits["train"]
+    spec = ModelSpec.of("prm", model, train.d_feature, train.d_pv)
+    fitted, state = fit_quietly(spec, train_config, click_splits, run_dir, config.evaluate)
     length = click_splits["train"].list_length
     offsets = fitted.position_bias.offset.weight[:length, 0].detach().double().numpy()
     return {

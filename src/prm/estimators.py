@@ -1,9 +1,9 @@
 """scikit-learn-style re-rankers for notebooks: ``PRMReranker().fit(train, valid).predict(lists)``.
 
-The same build-and-train path as ``prm train`` (:func:`prm.pipeline.fit`: the registry builds
-the model from its spec, the shared Trainer fits it with early stopping on the validation
-lists), on in-memory :class:`~prm.data.batch.ListDataset` objects, with checkpoints in a
-temporary folder unless ``work_dir`` is given.
+The same build-and-train path as ``prm train`` (:func:`prm.training.trainer.fit_reranker`
+builds the model from its spec and fits it with early stopping on the validation lists), on
+in-memory :class:`~prm.data.batch.ListDataset` objects, with checkpoints in a temporary
+folder unless ``work_dir`` is given.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from prm.config import EvalConfig, TrainConfig, from_dict
 from prm.data.batch import ListDataset
 from prm.evaluation.evaluate import evaluate_scores, score_lists
 from prm.evaluation.metrics import rank_order
-from prm.models.registry import RERANKERS
-from prm.pipeline import fit
+from prm.registry import RERANKERS, ModelSpec
+from prm.training.trainer import fit_reranker
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
@@ -74,12 +74,7 @@ class ListReranker:
         model_params = {k: v for k, v in self.params.items() if k not in TRAIN_KEYS}
         if self.kind == "prm":
             model_params.setdefault("use_pv", train.d_pv > 0)
-        spec = {
-            "kind": self.kind,
-            "config": model_params,
-            "d_feature": train.d_feature,
-            "d_pv": train.d_pv,
-        }
+        spec = ModelSpec(self.kind, model_params, train.d_feature, train.d_pv)
         train_config = from_dict(TrainConfig, train_params, "train.")
         if self.work_dir is not None:
             self.model_ = self._fit(spec, train_config, train, valid, Path(self.work_dir))
@@ -89,15 +84,7 @@ class ListReranker:
         return self
 
     def _fit(self, spec, train_config, train, valid, run_dir: Path) -> torch.nn.Module:
-        model, _ = fit(
-            spec,
-            train_config,
-            train,
-            valid,
-            run_dir,
-            eval_config=EvalConfig(),
-            progress=self.progress,
-        )
+        model, _ = fit_reranker(spec, train_config, train, valid, run_dir, progress=self.progress)
         return model
 
     def _fitted(self) -> torch.nn.Module:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prm.config import EvalConfig, ExperimentConfig, PRMConfig, TrainConfig, to_dict
+from prm.config import ExperimentConfig, PRMConfig, to_dict
 from prm.data.batch import ListDataset, concat_lists, same_topic_above
 from prm.data.examination import EXPLORE
 from prm.data.loaders import ListData, load_list_data
@@ -35,7 +35,6 @@ from prm.evaluation.metrics import lists_with_click
 from prm.evaluation.significance import mean_std, paired_test
 from prm.io import atomic_path, write_json
 from prm.models.evaluator import ContextClickModel
-from prm.models.registry import build_reranker, prm_spec
 from prm.pretrain.ctr import (
     Impressions,
     compute_pv,
@@ -44,8 +43,9 @@ from prm.pretrain.ctr import (
     train_ctr,
 )
 from prm.rankers.evaluator_generator import GeneratorEvaluator
+from prm.registry import ModelSpec
 from prm.training.checkpoint import load_checkpoint
-from prm.training.trainer import CHECKPOINT, Trainer, TrainState
+from prm.training.trainer import CHECKPOINT, fit_reranker
 
 CTR_MODEL = "ctr_model.pt"
 EVALUATOR = "generator_evaluator"  # the registered kind and the demo's row name
@@ -108,54 +108,10 @@ def attach_pv(data: ListData, pretrain_dir: str | Path) -> ListData:
 def load_reranker(run_dir: str | Path) -> torch.nn.Module:
     """The best-on-validation weights of a trained re-ranker."""
     checkpoint = load_checkpoint(Path(run_dir) / CHECKPOINT)
-    model = build_reranker(checkpoint["model_spec"])
+    model = ModelSpec.from_dict(checkpoint["model_spec"]).build()
     weights = checkpoint["state"]["best_weights"] or checkpoint["weights"]
     model.load_state_dict(weights)
     return model.eval()
-
-
-def fit(
-    spec: dict[str, Any],
-    train_config: TrainConfig,
-    train: ListDataset,
-    valid: ListDataset,
-    run_dir: str | Path,
-    *,
-    eval_config: EvalConfig,
-    resume: bool = False,
-    progress: bool = True,
-    estimator: Callable[[np.ndarray, ListDataset], float] | None = None,
-    examination: np.ndarray | None = None,
-    reports: bool = True,
-) -> tuple[torch.nn.Module, TrainState]:
-    """Build the re-ranker of ``spec`` (seeded by ``train_config.seed``), train it with the
-    shared Trainer and return its best-on-validation weights, in eval mode, and the training
-    state (epochs, history). The model takes ``examination`` as it uses one
-    (``Reranker.take_examination``); ``reports=False`` skips the per-epoch metrics.json and
-    curve (a suite of many small runs keeps the history itself)."""
-    torch.manual_seed(train_config.seed)
-    model = build_reranker(spec)
-    config = spec["config"]
-    fixed = config.get("position_bias") in ("exploration", "evaluator")
-    if config.get("position_bias_tower") and fixed and examination is None:
-        raise ValueError(
-            f"position_bias {config['position_bias']!r} needs its examination curve: the "
-            "exploration lists (lists_explore) or a trained evaluator (--evaluator)"
-        )
-    if examination is not None:
-        model.take_examination(examination)
-    trainer = Trainer(
-        model,
-        train_config,
-        run_dir,
-        model_spec=spec,
-        eval_config=eval_config,
-        progress=progress,
-        reports=reports,
-        estimator=estimator,
-    )
-    state = trainer.fit(train, valid, resume=resume)
-    return trainer.model.eval(), state
 
 
 def train_reranker(
@@ -183,8 +139,8 @@ def train_reranker(
         examination = evaluator.relative_examination(model_config.max_positions)
     train_config = config.train if seed is None else replace(config.train, seed=seed)
     train = data.splits["train"]
-    model, _ = fit(
-        prm_spec(model_config, train.d_feature, train.d_pv),
+    model, _ = fit_reranker(
+        ModelSpec.of("prm", model_config, train.d_feature, train.d_pv),
         train_config,
         train,
         data.splits["valid"],
@@ -223,14 +179,8 @@ def train_evaluator(
         patience=settings.epochs,
         selection_metric="loss",
     )
-    spec = {
-        "kind": EVALUATOR,
-        "config": to_dict(config.evaluator),
-        "d_feature": train.d_feature,
-        "d_pv": train.d_pv,
-    }
-    generator, _ = fit(
-        spec,
+    generator, _ = fit_reranker(
+        ModelSpec.of(EVALUATOR, config.evaluator, train.d_feature, train.d_pv),
         train_config,
         train,
         data.splits["valid"],

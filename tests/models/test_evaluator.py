@@ -9,15 +9,15 @@ import pytest
 import torch
 from list_batches import random_list_batch
 
-from prm.config import EvaluatorConfig, to_dict
+from prm.config import EvaluatorConfig
 from prm.models.evaluator import (
     ContextClickModel,
     exclusive_prefix,
     in_display_order,
     shown_order,
 )
-from prm.models.registry import build_reranker
 from prm.rankers.evaluator_generator import GeneratorEvaluator
+from prm.registry import ModelSpec
 
 
 def test_exclusive_prefix_sums_and_maxes_only_real_items_above() -> None:
@@ -82,13 +82,8 @@ def test_in_display_order_moves_every_field_and_renumbers_ranks() -> None:
 
 
 def generator(beam_width: int, seed: int = 0) -> GeneratorEvaluator:
-    spec = {
-        "kind": "generator_evaluator",
-        "config": to_dict(EvaluatorConfig(d_hidden=8, beam_width=beam_width)),
-        "d_feature": 3,
-        "d_pv": 2,
-    }
-    return randomized(build_reranker(spec), seed)
+    config = EvaluatorConfig(d_hidden=8, beam_width=beam_width)
+    return randomized(ModelSpec.of("generator_evaluator", config, 3, 2).build(), seed)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -15,8 +15,8 @@ from list_batches import random_list_batch
 from prm.config import ConfigError, TrainConfig
 from prm.data.batch import ListBatch, ListDataset
 from prm.models.base import Reranker
-from prm.models.registry import RERANKERS, build_reranker
 from prm.rankers.gsf import GSF, GSFConfig
+from prm.registry import RERANKERS, ModelSpec
 from prm.training.checkpoint import load_checkpoint
 from prm.training.losses import softmax_cross_entropy
 from prm.training.trainer import CHECKPOINT, Trainer
@@ -36,14 +36,13 @@ TINY = {
 KINDS = sorted(RERANKERS)
 
 
-def spec(kind: str, **overrides: object) -> dict:
-    config = {**TINY[kind], **overrides}
-    return {"kind": kind, "config": config, "d_feature": D_FEATURE, "d_pv": D_PV}
+def spec(kind: str, **overrides: object) -> ModelSpec:
+    return ModelSpec(kind, {**TINY[kind], **overrides}, D_FEATURE, D_PV)
 
 
 def build(kind: str, seed: int = 0, **overrides: object) -> Reranker:
     torch.manual_seed(seed)
-    return build_reranker(spec(kind, **overrides)).eval()
+    return spec(kind, **overrides).build().eval()
 
 
 def training_loss(model: Reranker, batch: ListBatch) -> torch.Tensor:
@@ -71,7 +70,7 @@ def test_every_registered_kind_has_a_tiny_config() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_unknown_config_keys_are_rejected(kind: str) -> None:
     with pytest.raises(ConfigError, match="bogus"):
-        build_reranker(spec(kind, bogus=1))
+        spec(kind, bogus=1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -232,16 +231,14 @@ def tiny_dataset(n: int, seed: int) -> ListDataset:
 
 @pytest.mark.parametrize("kind", ["dlcm", "seq2slate"])
 def test_trains_with_the_shared_trainer_and_reloads(kind: str, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model_spec = spec(kind)
-    model = build_reranker(model_spec)
     config = TrainConfig(epochs=2, batch_size=32, lr=1e-2, patience=5)
-    trainer = Trainer(model, config, tmp_path, model_spec=model_spec, progress=False)
+    trainer = Trainer(spec(kind), config, tmp_path, progress=False)
+    model = trainer.model
     valid = tiny_dataset(64, seed=2)
     state = trainer.fit(tiny_dataset(256, seed=1), valid)
     assert [row["epoch"] for row in state.history] == [1, 2]
     assert json.loads((tmp_path / "metrics.json").read_text())["best_epoch"] >= 1
-    reloaded = build_reranker(load_checkpoint(tmp_path / CHECKPOINT)["model_spec"])
+    reloaded = ModelSpec.from_dict(load_checkpoint(tmp_path / CHECKPOINT)["model_spec"]).build()
     reloaded.load_state_dict(model.state_dict())
     batch = valid.batch(np.arange(16))
     torch.testing.assert_close(reloaded.eval()(batch), model.eval()(batch))

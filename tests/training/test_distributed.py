@@ -15,7 +15,7 @@ from prm.cli.main import main
 from prm.config import ExperimentConfig
 from prm.data.loaders import load_list_data
 from prm.models.prm import list_softmax
-from prm.models.registry import build_reranker, prm_spec
+from prm.registry import ModelSpec
 from prm.training import distributed
 from prm.training.checkpoint import load_checkpoint
 from prm.training.trainer import Trainer
@@ -33,9 +33,8 @@ def _fit(config: ExperimentConfig, data_dir: Path, run_dir: Path, resume: bool =
     weights, and the click probabilities the final model gives the validation lists."""
     data = load_list_data(data_dir, splits=("train", "valid"))
     model_config = replace(config.model, use_pv=False)
-    torch.manual_seed(config.train.seed)
-    spec = prm_spec(model_config, data.splits["train"].d_feature, 0)
-    trainer = Trainer(build_reranker(spec), config.train, run_dir, model_spec=spec, progress=False)
+    spec = ModelSpec.of("prm", model_config, data.splits["train"].d_feature, 0)
+    trainer = Trainer(spec, config.train, run_dir, progress=False)
     state = trainer.fit(data.splits["train"], data.splits["valid"], resume=resume)
     history = [{k: v for k, v in row.items() if k != "seconds"} for row in state.history]
     valid = data.splits["valid"]

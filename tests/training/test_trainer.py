@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from prm.data.loaders import load_list_data
-from prm.models.registry import build_reranker, prm_spec
 from prm.pipeline import load_reranker, train_reranker
+from prm.registry import ModelSpec
 from prm.training.trainer import Trainer
 
 
@@ -102,8 +102,8 @@ def test_linear_schedule_falls_to_zero_over_the_epochs(
     config = replace(tiny_config, train=replace(tiny_config.train, epochs=2, lr_schedule="linear"))
     data = load_list_data(tiny_data_dir)
     train = data.splits["train"]
-    spec = prm_spec(replace(config.model, use_pv=False), train.d_feature, 0)
-    trainer = Trainer(build_reranker(spec), config.train, tmp_path, model_spec=spec, progress=False)
+    spec = ModelSpec.of("prm", replace(config.model, use_pv=False), train.d_feature, 0)
+    trainer = Trainer(spec, config.train, tmp_path, progress=False)
     trainer._set_learning_rate(0.0)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(config.train.lr)
     trainer._set_learning_rate(1.5)

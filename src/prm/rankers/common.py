@@ -6,16 +6,13 @@ concatenated to them, exactly as PRM's input layer does (PV of width 0 adds noth
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from prm.config import from_dict
 from prm.data.batch import ListInputs, slots_by_rank
-from prm.models.base import Reranker
 
 
 def input_size(d_feature: int, d_pv: int, use_pv: bool) -> int:
@@ -70,15 +67,3 @@ def run_in_initial_order(
     outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=length)
     slots = order[..., None].expand_as(outputs)  # (B, L, h)
     return torch.zeros_like(outputs).scatter(1, slots, outputs), state  # (B, L, h)
-
-
-def reranker_factory(
-    model: Callable[[Any, int, int], Reranker], config_class: type
-) -> Callable[[dict[str, Any], int, int], Reranker]:
-    """The registry entry of a re-ranker: builds its config from a mapping (unknown keys are
-    rejected), then the model for inputs of ``d_feature`` and ``d_pv`` columns."""
-
-    def build(config: dict[str, Any], d_feature: int, d_pv: int) -> Reranker:
-        return model(from_dict(config_class, config), d_feature, d_pv)
-
-    return build

@@ -27,6 +27,7 @@ from torch import nn
 
 from prm.pipeline import load_reranker
 from prm.pretrain.ctr import CTRModel, load_ctr
+from prm.registry import ModelSpec
 from prm.serving.bundle import (
     CATALOG,
     CTR_TORCH,
@@ -166,11 +167,11 @@ def export_bundle(
     ``version`` defaults to the run folder's name and a hash of the two graphs.
     """
     run_dir, ctr_path, out_dir = Path(run_dir), Path(ctr_path), Path(out_dir)
-    spec = load_checkpoint(run_dir / CHECKPOINT)["model_spec"]
-    if spec["kind"] in NOT_EXPORTABLE:
+    spec = ModelSpec.from_dict(load_checkpoint(run_dir / CHECKPOINT)["model_spec"])
+    if spec.kind in NOT_EXPORTABLE:
         raise BundleError(
-            f"{run_dir}: a {spec['kind']} re-ranker does not export to ONNX "
-            f"({NOT_EXPORTABLE[spec['kind']]}); rank with it from Python (prm.pipeline."
+            f"{run_dir}: a {spec.kind} re-ranker does not export to ONNX "
+            f"({NOT_EXPORTABLE[spec.kind]}); rank with it from Python (prm.pipeline."
             "load_reranker) or export a PRM trained with it as evaluator"
         )
     reranker = load_reranker(run_dir)
@@ -184,26 +185,29 @@ def export_bundle(
         history_mask=tables.history_mask.numpy(),
         item_features=tables.item_features.numpy(),
     )
-    uses_pv = spec["d_pv"] > 0 and spec["config"].get("use_pv", True)
-    if catalog.d_feature != spec["d_feature"]:
+    uses_pv = spec.uses_pv
+    if catalog.d_feature != spec.d_feature:
         raise BundleError(
             f"{ctr_path}: items have {catalog.d_feature} features, the re-ranker in {run_dir} "
-            f"expects {spec['d_feature']}; were they trained on the same dataset?"
+            f"expects {spec.d_feature}; were they trained on the same dataset?"
         )
-    if uses_pv and ctr.d_pv != spec["d_pv"]:
+    if uses_pv and ctr.d_pv != spec.d_pv:
         raise BundleError(
             f"{ctr_path}: PV has {ctr.d_pv} dimensions, the re-ranker in {run_dir} expects "
-            f"{spec['d_pv']}; pass the CTR model it was trained with"
+            f"{spec.d_pv}; pass the CTR model it was trained with"
         )
-    max_list_length = spec["config"].get("max_positions", DEFAULT_MAX_LIST_LENGTH)
+    max_list_length = spec.config.get("max_positions", DEFAULT_MAX_LIST_LENGTH)
 
     with _staging(out_dir) as tmp:
         export_score_graph(
-            reranker, tmp / RERANKER_ONNX, spec["d_feature"], spec["d_pv"], max_list_length
+            reranker, tmp / RERANKER_ONNX, spec.d_feature, spec.d_pv, max_list_length
         )
         export_pv_graph(ctr, tmp / PV_ONNX)
         catalog.save(tmp / CATALOG)
-        torch.save({"model_spec": spec, "state_dict": reranker.state_dict()}, tmp / RERANKER_TORCH)
+        torch.save(
+            {"model_spec": spec.to_dict(), "state_dict": reranker.state_dict()},
+            tmp / RERANKER_TORCH,
+        )
         shutil.copyfile(ctr_path, tmp / CTR_TORCH)
         digest = hashlib.sha256()
         for name in (RERANKER_ONNX, PV_ONNX):
@@ -214,9 +218,9 @@ def export_bundle(
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "sources": {"run": str(run_dir.resolve()), "ctr": str(ctr_path.resolve())},
             "reranker": {
-                "kind": spec["kind"],
-                "d_feature": spec["d_feature"],
-                "d_pv": spec["d_pv"],
+                "kind": spec.kind,
+                "d_feature": spec.d_feature,
+                "d_pv": spec.d_pv,
                 "uses_pv": uses_pv,
                 "max_list_length": max_list_length,
             },

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from prm.data.batch import ListInputs
-from prm.models.registry import build_reranker
 from prm.pretrain.ctr import load_ctr
+from prm.registry import ModelSpec
 from prm.serving.bundle import (
     CATALOG,
     CTR_TORCH,
@@ -103,7 +103,7 @@ class TorchBackend:
 
     def __init__(self, bundle: Path) -> None:
         payload = torch.load(bundle / RERANKER_TORCH, weights_only=True)
-        reranker = build_reranker(payload["model_spec"])
+        reranker = ModelSpec.from_dict(payload["model_spec"]).build()
         reranker.load_state_dict(payload["state_dict"])
         self.reranker = reranker.eval()
         self._scores = ScoreGraph(self.reranker).eval()

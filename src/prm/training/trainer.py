@@ -33,6 +33,7 @@ from prm.data.streaming import InMemoryLists, TrainingLists, prefetch, to_device
 from prm.evaluation.evaluate import evaluate_scores, score_lists
 from prm.evaluation.plots import plot_training_curve
 from prm.io import remove_stale_temporaries, write_json
+from prm.registry import ModelSpec
 from prm.training import distributed
 from prm.training.checkpoint import (
     load_checkpoint,
@@ -81,31 +82,47 @@ class LossStep(nn.Module):
 
 
 class Trainer:
-    """Fits ``model`` (``forward(batch) -> (B, L) scores``) on ``train``, selecting on ``valid``."""
+    """Builds the re-ranker of ``spec`` and fits it on ``train``, selecting on ``valid``."""
 
     def __init__(
         self,
-        model: nn.Module,
+        spec: ModelSpec,
         config: TrainConfig,
         run_dir: str | Path,
         *,
-        model_spec: dict[str, Any],
+        examination: np.ndarray | None = None,
         eval_config: EvalConfig | None = None,
         progress: bool = True,
         reports: bool = True,
         estimator: Callable[[np.ndarray, ListDataset], float] | None = None,
+        on_epoch: Callable[[int, nn.Module, dict[str, float]], None] | None = None,
     ) -> None:
-        """``reports=False`` skips the per-epoch metrics.json and training-curve PNG (a suite of
-        hundreds of small runs keeps the history in its own records instead). ``estimator``
-        maps validation scores to an estimate of their expected clicks from the logs
-        (:class:`prm.evaluation.estimate.EstimatedClicks`), reported as
-        ``estimated_clicks`` and selectable with ``selection_metric: estimated_clicks``."""
+        """The model is initialised from ``config.seed`` and takes ``examination`` (e_k / e_1
+        per rank) as it uses one (``Reranker.take_examination``). ``reports=False`` skips the
+        per-epoch metrics.json and training-curve PNG (a suite of hundreds of small runs keeps
+        the history in its own records instead). ``estimator`` maps validation scores to an
+        estimate of their expected clicks from the logs
+        (:class:`prm.evaluation.estimate.EstimatedClicks`), reported as ``estimated_clicks``
+        and selectable with ``selection_metric: estimated_clicks``. ``on_epoch(epoch, model,
+        validation metrics)`` runs after each epoch's validation (a benchmark grades the model
+        there)."""
         if config.selection_metric == "estimated_clicks" and estimator is None:
             raise ValueError(
                 "selection_metric 'estimated_clicks' needs an evaluator trained on the logs "
                 "(the demo trains one; see prm.evaluation.estimate)"
             )
+        fixed = spec.config.get("position_bias") in ("exploration", "evaluator")
+        if spec.config.get("position_bias_tower") and fixed and examination is None:
+            raise ValueError(
+                f"position_bias {spec.config['position_bias']!r} needs its examination curve: "
+                "the exploration lists (lists_explore) or a trained evaluator (--evaluator)"
+            )
+        torch.manual_seed(config.seed)
+        model = spec.build()
+        if examination is not None:
+            model.take_examination(examination)
         self.estimator = estimator
+        self.on_epoch = on_epoch
         self.reports = reports
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.device = distributed.device(config.device)
@@ -113,7 +130,7 @@ class Trainer:
         self.config = config
         self.eval_config = eval_config or EvalConfig()
         self.run_dir = Path(run_dir)
-        self.model_spec = model_spec  # how to rebuild the model: kind, config, input sizes
+        self.spec = spec
         self.progress = progress and self.rank == 0
         self.loss_fn = LOSSES[config.loss]
         self.shuffle = seed_everything(config.seed, self.rank)
@@ -169,6 +186,8 @@ class Trainer:
             metrics = self.validate(valid)
             metric = self._selection_value(metrics)
             state.epoch += 1
+            if self.on_epoch is not None:
+                self.on_epoch(state.epoch, self.model, metrics)
             state.history.append(
                 {
                     "epoch": state.epoch,
@@ -280,7 +299,7 @@ class Trainer:
         if rng is None:
             return None
         return {
-            "model_spec": self.model_spec,
+            "model_spec": self.spec.to_dict(),
             "train_config": to_dict(self.config),
             "weights": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -316,3 +335,22 @@ class Trainer:
         plot_training_curve(
             self.state.history, self.config.selection_metric, self.run_dir / "training_curve.png"
         )
+
+
+def fit_reranker(
+    spec: ModelSpec,
+    config: TrainConfig,
+    train: ListDataset | TrainingLists,
+    valid: ListDataset,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    **options: Any,
+) -> tuple[nn.Module, TrainState]:
+    """The one way to train any registered re-ranker: build it from ``spec``, train it and
+    return its best-on-validation weights, in eval mode, with the training state (epochs,
+    history). ``options`` are :class:`Trainer`'s (examination, eval_config, progress,
+    reports, estimator, on_epoch)."""
+    trainer = Trainer(spec, config, run_dir, **options)
+    state = trainer.fit(train, valid, resume=resume)
+    return trainer.model.eval(), state
