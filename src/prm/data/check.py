@@ -11,7 +11,7 @@ Rows are numbered from 0 within each file (within each part file of a shard fold
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +62,9 @@ def check_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> list[V
             continue  # the bucket is optional
         for part in _parts(source, found):
             _check_lists(part, n_items, n_users, explore=split == EXPLORE, found=found)
-    return found
+    files = {file: i for i, file in enumerate(dict.fromkeys(v.file for v in found))}
+    # Each file's whole-file and column problems first, then its rows in order.
+    return sorted(found, key=lambda v: (files[v.file], v.row is not None, v.row or 0))
 
 
 def summarize_data(data_dir: str | Path) -> dict:
@@ -221,9 +223,14 @@ class _Table:
 
     def report_rows(self, bad: np.ndarray, column: str, problem: Callable[[int], str]) -> None:
         """One violation per row where ``bad`` (N,) holds; ``problem(row)`` says what."""
-        for row in np.flatnonzero(bad).tolist():
-            list_id = None if self.list_ids is None else int(self.list_ids[row])
-            self.found.append(Violation(self.path, problem(row), row, column, list_id))
+        rows = np.flatnonzero(bad)
+        self.report_messages(rows, column, map(problem, rows.tolist()))
+
+    def report_messages(self, rows: np.ndarray, column: str, problems: Iterable[str]) -> None:
+        """One violation per row of ``rows`` (R,), with its problem from ``problems``."""
+        list_ids = [None] * len(rows) if self.list_ids is None else self.list_ids[rows].tolist()
+        for row, problem, list_id in zip(rows.tolist(), problems, list_ids, strict=True):
+            self.found.append(Violation(self.path, problem, row, column, list_id))
 
     def type_error(self, column: str, got: pa.DataType, expected: str) -> None:
         self.found.append(Violation(self.path, f"type {got}, expected {expected}", column=column))
@@ -272,9 +279,10 @@ class _Table:
         null_values = values.is_null().to_numpy(zero_copy_only=False)
         if null_values.any():
             lists.report_values(self, name, null_values, "is null")
-        fill = 0 if pa.types.is_integer(values.type) else float("nan")
-        numbers = pc.fill_null(values, fill).to_numpy(zero_copy_only=False)
-        lists.values = numbers.astype(np.int64 if kind == "int" else np.float64)
+        as_int = kind == "int"
+        numbers = values.cast(pa.int64() if as_int else pa.float64(), safe=False)
+        numbers = pc.fill_null(numbers, 0 if as_int else float("nan"))
+        lists.values = numbers.to_numpy(zero_copy_only=False)
         lists.checked = ~null_values  # later checks skip the values already reported
         return lists
 
@@ -296,19 +304,16 @@ class _Lists:
         if self.checked is not None:
             bad = bad & self.checked
         index = np.flatnonzero(bad)
-        rows, first = np.unique(self.rows[index], return_index=True)
-        at = dict(zip(rows.tolist(), index[first].tolist(), strict=True))
-        count = np.bincount(self.rows[index], minlength=len(self.lengths))
+        rows, first, count = np.unique(self.rows[index], return_index=True, return_counts=True)
+        first = index[first]  # (R,) the first bad value of each bad row
+        values = [None] * len(first) if self.values is None else self.values[first].tolist()
+        slots, count = self.slots[first].tolist(), count.tolist()
 
-        def say(row: int) -> str:
-            i = at[row]
-            value = None if self.values is None else _show(self.values[i])
-            more = f" (and {count[row] - 1} more in this row)" if count[row] > 1 else ""
-            return f"{column}[{self.slots[i]}] {problem.format(value=value)}{more}"
+        def say(k: int) -> str:
+            more = f" (and {count[k] - 1} more in this row)" if count[k] > 1 else ""
+            return f"{column}[{slots[k]}] {problem.format(value=_show(values[k]))}{more}"
 
-        bad_rows = np.zeros(len(self.lengths), dtype=bool)
-        bad_rows[rows] = True
-        table.report_rows(bad_rows, column, say)
+        table.report_messages(rows, column, map(say, range(len(rows))))
 
     def one_length(self, table: _Table, column: str) -> None:
         """Every (non-null) row as long as most rows."""
@@ -352,7 +357,8 @@ class _Lists:
         self.report_values(table, column, repeat, "= {value} " + problem)
 
 
-def _show(value: float | int) -> str:
-    if isinstance(value, np.floating) and np.isfinite(value) and float(value).is_integer():
+def _show(value: float | int | None) -> str:
+    """A value for a message: 3 for 3.0, else as Python prints it (nan, inf, 0.5)."""
+    if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value.item() if isinstance(value, np.generic) else value)
+    return str(value)
