@@ -109,11 +109,11 @@ def _tables(config, rng):
     not depend on their number)."""
     import numpy as np
 
-    from prm.pretrain.ctr import CTRTables
+    from prm.data.tables import Catalog
 
     sim = config.simulator
     n_users, n_items = 500, 400
-    return CTRTables(
+    return Catalog(
         profile=rng.normal(size=(n_users, sim.d_profile)).astype(np.float32),
         history=rng.integers(0, n_items, (n_users, sim.history_length)),
         history_mask=np.ones((n_users, sim.history_length), bool),

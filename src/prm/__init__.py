@@ -22,7 +22,7 @@ PUBLIC = {
     "ListInputs": "prm.data.batch",
     "ListData": "prm.data.loaders",
     "load_list_data": "prm.data.loaders",
-    "DataError": "prm.data.loaders",
+    "DataError": "prm.data.tables",
     "ExplorationLog": "prm.data.exploration",
     "exploration_log": "prm.data.exploration",
     "read_randomization": "prm.data.exploration",

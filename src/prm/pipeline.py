@@ -73,7 +73,7 @@ def pretrain(
     out_dir.mkdir(parents=True, exist_ok=True)
     model, history = train_ctr(
         config.pretrain,
-        data.ctr_tables,
+        data.catalog,
         impressions(data.splits["train"], data.items.topic),
         impressions(data.splits["valid"], data.items.topic),
         progress=progress,

@@ -8,7 +8,7 @@ import pytest
 
 from prm.data import files
 from prm.data.files import DATA_DIR_ENV, dataset_dir, default_data_dir
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 
 
 def test_data_folder_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import pytest
 from prm.data import letor
 from prm.data.files import default_data_dir
 from prm.data.letor import RankingQueries, load_ranking_file, parse_svmlight, split_queries
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 
 LETOR_TEXT = """\
 2 qid:10 1:0.5 2:1 3:0.25 #docid = GX1 inc = 1 prob = 0.5

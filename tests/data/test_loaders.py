@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from prm.data.batch import ListDataset
-from prm.data.loaders import DataError, load_items, load_list_data, load_lists
+from prm.data.loaders import load_list_data, load_lists
+from prm.data.tables import DataError, load_items
 from prm.evaluation.metrics import rank_order
 
 
@@ -23,7 +24,7 @@ def test_round_trip_matches_the_parquet_rows(tiny_data_dir: Path, tiny_config) -
     items = load_items(tiny_data_dir / "items.parquet")
     np.testing.assert_array_equal(valid.features[5], items.features[raw["item_ids"][5]])
     assert valid.positions[5].tolist() == list(range(tiny_config.simulator.list_length))
-    assert data.ctr_tables.item_features.shape[1] == valid.d_feature
+    assert data.catalog.item_features.shape[1] == valid.d_feature
 
 
 def _write_lists(path: Path, item_ids: list, clicks: list, users: list | None = None) -> None:

@@ -58,7 +58,7 @@ def test_converted_folder_loads_like_a_simulated_one(converted) -> None:
     assert sum(sizes.values()) == N_USERS * 3  # 10 later ratings per user -> sessions of 4, 3, 3
     assert sizes == {split: stats["splits"][split]["lists"] for split in sizes}
     assert sizes["valid"] == sizes["test"] == 3
-    assert data.ctr_tables.profile.shape == (N_USERS, 1 + 1 + 3)  # age, female, 3 occupations
+    assert data.catalog.profile.shape == (N_USERS, 1 + 1 + 3)  # age, female, 3 occupations
     assert data.items.dense.shape == (N_ITEMS, N_GENRES + 3)
     assert all(lists.list_length == PROTOCOL.list_length for lists in data.splits.values())
 
@@ -66,13 +66,13 @@ def test_converted_folder_loads_like_a_simulated_one(converted) -> None:
 def test_lists_hold_later_ratings_and_unrated_items_with_the_right_clicks(converted) -> None:
     root, ratings, _ = converted
     data = load_list_data(root / "out")
-    histories = data.ctr_tables.history
+    histories = data.catalog.history
     seen = {"rated": 0, "sampled": 0}
     for lists in data.splits.values():
         for row in range(len(lists)):
             user = int(lists.user_ids[row])
             later_start = sorted(t for (u, _), (_, t) in ratings.items() if u == user + 1)[10]
-            history = set(histories[user][data.ctr_tables.history_mask[user]].tolist())
+            history = set(histories[user][data.catalog.history_mask[user]].tolist())
             for item, click in zip(
                 lists.item_ids[row][lists.mask[row]],
                 lists.labels[row][lists.mask[row]],
@@ -85,7 +85,7 @@ def test_lists_hold_later_ratings_and_unrated_items_with_the_right_clicks(conver
                 assert int(item) not in history
     assert min(seen.values()) > 0
     for user in range(N_USERS):
-        for item in histories[user][data.ctr_tables.history_mask[user]]:
+        for item in histories[user][data.catalog.history_mask[user]]:
             assert ratings[user + 1, int(item) + 1][0] >= 4
 
 

@@ -14,10 +14,11 @@ import torch
 
 from prm.config import SimulatorConfig
 from prm.data.batch import ListDataset
-from prm.data.loaders import DataError, ItemTable, load_list_data, load_lists
+from prm.data.loaders import load_list_data, load_lists
 from prm.data.shards import ListWriter
 from prm.data.simulator import LIST_SCHEMA, simulate
 from prm.data.streaming import ListStream, ShuffleBuffer, prefetch
+from prm.data.tables import DataError, ItemTable
 
 SMALL = SimulatorConfig(
     n_users=200, n_items=300, n_topics=5, list_length=8, candidate_pool=20,

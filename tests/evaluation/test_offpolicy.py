@@ -13,7 +13,7 @@ import pytest
 
 from prm.data.batch import ListDataset
 from prm.data.exploration import exploration_log, read_randomization
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 from prm.evaluation.offpolicy import (
     ESTIMATORS,
     OffPolicyEvaluator,

@@ -14,7 +14,7 @@ from prm.pretrain.ctr import (
     BASE_FIELDS as N_FIELDS,
 )
 from prm.pretrain.ctr import (
-    CTRTables,
+    Catalog,
     Impressions,
     build_ctr_model,
     compute_pv,
@@ -39,7 +39,7 @@ def expected_d_pv(model: str) -> int:
     ]
 
 
-def planted_task(seed: int = 0) -> tuple[CTRTables, Impressions, Impressions]:
+def planted_task(seed: int = 0) -> tuple[Catalog, Impressions, Impressions]:
     """Users with a latent taste over topics, seen through a noisy profile and their history.
 
     Items carry a one-hot topic among their dense features; P(click) = sigmoid(2 taste[topic] - 1).
@@ -53,7 +53,7 @@ def planted_task(seed: int = 0) -> tuple[CTRTables, Impressions, Impressions]:
     preference /= preference.sum(1, keepdims=True)
     history = np.stack([rng.choice(N_ITEMS, H, p=p) for p in preference])
     history_mask = np.arange(H)[None] < rng.integers(0, H + 1, N_USERS)[:, None]
-    tables = CTRTables(
+    tables = Catalog(
         profile.astype(np.float32), history, history_mask, item_features.astype(np.float32)
     )
 
@@ -75,7 +75,7 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def task() -> tuple[CTRTables, Impressions, Impressions]:
+def task() -> tuple[Catalog, Impressions, Impressions]:
     return planted_task()
 
 
@@ -162,7 +162,7 @@ def test_training_is_seeded_and_leaves_the_global_rng_alone(task):
 
 def test_inputs_are_validated():
     with pytest.raises(ValueError, match="history"):
-        CTRTables(
+        Catalog(
             np.zeros((3, 2), np.float32),
             np.full((3, 4), 9),
             np.ones((3, 4), bool),

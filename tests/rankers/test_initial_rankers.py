@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prm.data.letor import RankingQueries
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 from prm.evaluation.metrics import lists_with_click, ndcg_at_k, summarize
 from prm.rankers.base import Ranker, check_groups, pad_by_group
 from prm.rankers.initial_lists import (

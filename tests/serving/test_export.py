@@ -15,10 +15,11 @@ from prm.cli.main import main
 from prm.config import PretrainConfig, PRMConfig
 from prm.data.batch import ListBatch
 from prm.data.loaders import load_list_data
+from prm.data.tables import Catalog
 from prm.evaluation.evaluate import score_lists
 from prm.models.prm import PRM
 from prm.pipeline import attach_pv, load_reranker
-from prm.pretrain.ctr import CTRTables, build_ctr_model, load_ctr, save_ctr
+from prm.pretrain.ctr import build_ctr_model, load_ctr, save_ctr
 from prm.serving.bundle import MANIFEST, PV_ONNX
 from prm.serving.export import PARITY_TOLERANCE, export_score_graph
 from prm.serving.predictor import Predictor
@@ -80,7 +81,7 @@ def test_onnx_scores_match_pytorch_on_random_and_padded_lists(
 @pytest.mark.parametrize("kind", ["fm", "deepfm", "dcn", "fnn"])
 def test_pv_from_raw_inputs_equals_pv_by_id(kind: str) -> None:
     rng = np.random.default_rng(0)
-    tables = CTRTables(
+    tables = Catalog(
         profile=rng.normal(size=(7, 3)).astype(np.float32),
         history=rng.integers(0, 11, (7, 5)),
         history_mask=rng.random((7, 5)) < 0.6,
@@ -151,7 +152,7 @@ def test_export_errors_exit_2_and_write_nothing(served, tmp_path: Path, capsys) 
     tables = load_ctr(ctr).tables
     other = build_ctr_model(
         PretrainConfig(hidden_dims=(8, 3)),
-        CTRTables(
+        Catalog(
             tables.profile.numpy(),
             tables.history.numpy(),
             tables.history_mask.numpy(),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 from prm.training.checkpoint import (
     load_checkpoint,
     restore_rng_state,

@@ -11,7 +11,7 @@ from pathlib import Path
 from prm import __version__
 from prm.cli import benchmark, serving
 from prm.config import ConfigError, ExperimentConfig, PRMConfig, load_config
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -109,7 +109,7 @@ def _train(config: ExperimentConfig, model_config: PRMConfig, args: argparse.Nam
         stream = ListStream(
             lists_source(args.data, "train"),
             data.items,
-            len(data.ctr_tables.profile),
+            len(data.catalog.profile),
             buffer_lists=config.train.shuffle_buffer,
         )
         data = replace(data, splits={**data.splits, "train": stream})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Self
+from typing import Protocol, Self
 
 import numpy as np
 import torch
@@ -199,6 +199,23 @@ class ListDataset:
         order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
         for start in range(0, n, batch_size):
             yield self.batch(np.sort(order[start : start + batch_size]))
+
+
+Batches = Iterator[tuple[ListBatch, float]]
+
+
+class TrainingLists(Protocol):
+    """What the trainer needs of its training data: the lists with a click, batch by batch."""
+
+    def steps(self, batch_size: int, world: int) -> int:
+        """Batches per epoch, the same for every process."""
+        ...
+
+    def local_batches(
+        self, batch_size: int, generator: torch.Generator, rank: int, world: int
+    ) -> Batches:
+        """This process's part of each global batch of ``batch_size`` lists, and its weight."""
+        ...
 
 
 def pad_lists(

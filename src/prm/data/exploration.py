@@ -28,8 +28,8 @@ import numpy as np
 
 from prm.data.batch import ListDataset
 from prm.data.examination import EXPLORE
-from prm.data.loaders import DataError, padded_list_column, read_table
 from prm.data.shards import lists_source, shard_paths
+from prm.data.tables import DataError, padded_list_column, read_table
 
 UNIFORM_TOLERANCE = 1e-6  # propensities this close to 1/n count as a uniform shuffle
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 
 DATA_DIR_ENV = "PRM_DATA_DIR"
 

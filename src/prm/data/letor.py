@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from prm.data.files import line_error, numbered_lines
-from prm.data.loaders import DataError, read_table
+from prm.data.tables import DataError, read_table
 from prm.io import write_parquet
 
 CACHE_VERSION = 1  # bump when the parsing or the cache layout changes
@@ -141,7 +141,7 @@ def parse_svmlight(
 
     Queries come from ``qid:`` on every line, or, when ``group_path`` is given, from the group
     sizes (then numbered 0..Q-1, and a ``qid:`` on a line is an error). Raises
-    :class:`~prm.data.loaders.DataError` naming ``file:line`` for any malformed line.
+    :class:`~prm.data.tables.DataError` naming ``file:line`` for any malformed line.
     """
     path = Path(path)
     if n_features is not None and n_features < 1:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from prm.data.files import dataset_dir, line_error, numbered_lines
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 from prm.io import write_json, write_parquet
 
 

@@ -14,32 +14,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from queue import Full, Queue
-from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from prm.data.batch import ListBatch, ListDataset, concat_lists
-from prm.data.loaders import LIST_COLUMNS, DataError, ItemTable, lists_dataset
+from prm.data.batch import Batches, ListBatch, ListDataset, concat_lists
+from prm.data.loaders import LIST_COLUMNS, lists_dataset
 from prm.data.shards import shard_paths
-
-Batches = Iterator[tuple[ListBatch, float]]
-
-
-class TrainingLists(Protocol):
-    """What the trainer needs of its training data: the lists with a click, batch by batch."""
-
-    def steps(self, batch_size: int, world: int) -> int:
-        """Batches per epoch, the same for every process."""
-        ...
-
-    def local_batches(
-        self, batch_size: int, generator: torch.Generator, rank: int, world: int
-    ) -> Batches:
-        """This process's part of each global batch of ``batch_size`` lists, and its weight."""
-        ...
+from prm.data.tables import DataError, ItemTable
 
 
 class InMemoryLists:

@@ -46,35 +46,10 @@ from tqdm import tqdm
 
 from prm.config import PretrainConfig, from_dict, to_dict
 from prm.data.examination import require_examination
+from prm.data.tables import Catalog
 from prm.models.layers import PositionBias
 
 BASE_FIELDS = 4  # profile, history, item_id, item_dense; topic_affinity is a fifth
-
-
-@dataclass(frozen=True)
-class CTRTables:
-    """Per-user and per-item inputs of the CTR model, indexed by user id and by item id."""
-
-    profile: np.ndarray  # (n_users, d_profile) float32: dense user profile
-    history: np.ndarray  # (n_users, H) int64: item ids of past clicks, any valid id at padding
-    history_mask: np.ndarray  # (n_users, H) bool: True at real past clicks
-    item_features: np.ndarray  # (n_items, d_item) float32: dense item features
-    item_topic: np.ndarray | None = None  # (n_items,) int64: for the topic-affinity field
-
-    def __post_init__(self) -> None:
-        n_users = self.profile.shape[0]
-        if self.history.shape != self.history_mask.shape or self.history.shape[0] != n_users:
-            raise ValueError(
-                f"CTRTables: profile {self.profile.shape}, history {self.history.shape} and "
-                f"history_mask {self.history_mask.shape} disagree on users or history length"
-            )
-        n_items = self.item_features.shape[0]
-        if self.history.size and (self.history.min() < 0 or self.history.max() >= n_items):
-            raise ValueError(f"CTRTables: history holds item ids outside [0, {n_items})")
-        if self.item_topic is not None and self.item_topic.shape != (n_items,):
-            raise ValueError(
-                f"CTRTables: item_topic has shape {self.item_topic.shape}, expected ({n_items},)"
-            )
 
 
 @dataclass(frozen=True)
@@ -113,9 +88,9 @@ class Inputs(NamedTuple):
 
 
 class TableLookup(nn.Module):
-    """The CTRTables as buffers, so they travel with the state dict and an exported graph."""
+    """The Catalog as buffers, so they travel with the state dict and an exported graph."""
 
-    def __init__(self, tables: CTRTables) -> None:
+    def __init__(self, tables: Catalog) -> None:
         super().__init__()
         self.register_buffer("profile", torch.as_tensor(tables.profile, dtype=torch.float32))
         self.register_buffer("history", torch.as_tensor(tables.history, dtype=torch.int64))
@@ -295,11 +270,11 @@ class CTRModel(nn.Module):
 
     output: OutputLayer
 
-    def __init__(self, tables: CTRTables, embedding_dim: int, options: FieldOptions) -> None:
+    def __init__(self, tables: Catalog, embedding_dim: int, options: FieldOptions) -> None:
         super().__init__()
         self.tables = TableLookup(tables)
         if options.topic_affinity and not self.tables.has_topics:
-            raise ValueError("topic_affinity needs CTRTables.item_topic")
+            raise ValueError("topic_affinity needs Catalog.item_topic")
         self.fields = FieldEmbedding(
             self.tables.shapes(), embedding_dim, options.topic_affinity, options.item_ids
         )
@@ -364,7 +339,7 @@ class FM(CTRModel):
     exactly FM's decomposition of its own score.
     """
 
-    def __init__(self, tables: CTRTables, embedding_dim: int, options: FieldOptions) -> None:
+    def __init__(self, tables: Catalog, embedding_dim: int, options: FieldOptions) -> None:
         super().__init__(tables, embedding_dim, options)
         self.first_order = FieldEmbedding(
             self.tables.shapes(), 1, options.topic_affinity, options.item_ids
@@ -386,7 +361,7 @@ class DeepFM(CTRModel):
 
     def __init__(
         self,
-        tables: CTRTables,
+        tables: Catalog,
         embedding_dim: int,
         options: FieldOptions,
         hidden_dims: tuple[int, ...],
@@ -413,7 +388,7 @@ class DCN(CTRModel):
 
     def __init__(
         self,
-        tables: CTRTables,
+        tables: Catalog,
         embedding_dim: int,
         options: FieldOptions,
         hidden_dims: tuple[int, ...],
@@ -440,7 +415,7 @@ class FNN(CTRModel):
 
     def __init__(
         self,
-        tables: CTRTables,
+        tables: Catalog,
         embedding_dim: int,
         options: FieldOptions,
         hidden_dims: tuple[int, ...],
@@ -453,7 +428,7 @@ class FNN(CTRModel):
         return self.dnn(fields.flatten(1))  # (B, F * k) -> (B, h)
 
 
-def build_ctr_model(config: PretrainConfig, tables: CTRTables) -> CTRModel:
+def build_ctr_model(config: PretrainConfig, tables: Catalog) -> CTRModel:
     """The CTR model named by ``config.model``, holding ``tables`` as buffers."""
     k, dims = config.embedding_dim, config.hidden_dims
     options = FieldOptions(config.topic_affinity, config.list_context, config.item_ids)
@@ -539,7 +514,7 @@ def _click_logits(
 
 def train_ctr(
     config: PretrainConfig,
-    tables: CTRTables,
+    tables: Catalog,
     train: Impressions,
     valid: Impressions,
     progress: bool = True,
@@ -653,7 +628,7 @@ def load_ctr(path: str | Path) -> CTRModel:
     payload = torch.load(Path(path), weights_only=True)
     config = from_dict(PretrainConfig, payload["config"])
     shapes = payload["table_shapes"]
-    placeholder = CTRTables(
+    placeholder = Catalog(
         profile=np.zeros((shapes["n_users"], shapes["d_profile"]), np.float32),
         history=np.zeros((shapes["n_users"], shapes["history_length"]), np.int64),
         history_mask=np.zeros((shapes["n_users"], shapes["history_length"]), bool),

@@ -20,7 +20,7 @@ import numpy as np
 from prm.data.batch import ListDataset
 from prm.data.files import default_data_dir
 from prm.data.letor import RankingQueries, load_ranking_file, split_queries
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 from prm.evaluation.metrics import lists_with_click, rank_order, ranking_metrics, summarize
 from prm.rankers.base import Ranker, pad_by_group
 from prm.rankers.lambdamart import LambdaMART

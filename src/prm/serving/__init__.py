@@ -11,7 +11,7 @@ from typing import Any
 
 _EXPORTS = {
     "export_bundle": "prm.serving.export",
-    "Catalog": "prm.serving.bundle",
+    "Catalog": "prm.data.tables",
     "read_manifest": "prm.serving.bundle",
     "CandidateLists": "prm.serving.predictor",
     "Predictor": "prm.serving.predictor",

@@ -54,7 +54,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import prm
 from prm.config import ConfigError
-from prm.serving.bundle import Catalog
+from prm.data.tables import Catalog
 from prm.serving.predictor import BackendName, CandidateLists, Predictor, load_predictor
 from prm.serving.schemas import (
     ErrorResponse,

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from prm.data.loaders import DataError, padded_list_column
+from prm.data.tables import DataError, padded_list_column
 from prm.io import atomic_path
 from prm.serving.predictor import Predictor
 

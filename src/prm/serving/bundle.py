@@ -14,13 +14,10 @@ dataset:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 
 MANIFEST = "manifest.json"
 RERANKER_ONNX = "reranker.onnx"
@@ -33,52 +30,6 @@ FORMAT = 1  # bumped when the layout above changes
 
 class BundleError(DataError):
     """A model bundle that is missing, malformed or at odds with its models (the CLI's exit 2)."""
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Known users and items: the CTR model's tables, so a request may name them by id."""
-
-    profile: np.ndarray  # (n_users, d_profile) float32
-    history: np.ndarray  # (n_users, H) int64: past clicks, any valid item id at padding
-    history_mask: np.ndarray  # (n_users, H) bool: True at real past clicks
-    item_features: np.ndarray  # (n_items, d_feature) float32: item features X
-
-    @property
-    def n_users(self) -> int:
-        return self.profile.shape[0]
-
-    @property
-    def n_items(self) -> int:
-        return self.item_features.shape[0]
-
-    @property
-    def d_profile(self) -> int:
-        return self.profile.shape[1]
-
-    @property
-    def d_feature(self) -> int:
-        return self.item_features.shape[1]
-
-    def save(self, path: Path) -> None:
-        with open(path, "wb") as handle:
-            np.savez(
-                handle,
-                profile=self.profile,
-                history=self.history,
-                history_mask=self.history_mask,
-                item_features=self.item_features,
-            )
-
-    @classmethod
-    def load(cls, path: Path) -> Catalog:
-        with np.load(path) as arrays:
-            return cls(
-                profile=arrays["profile"].astype(np.float32),
-                history=arrays["history"].astype(np.int64),
-                history_mask=arrays["history_mask"].astype(bool),
-                item_features=arrays["item_features"].astype(np.float32),
-            )
 
 
 def read_manifest(bundle: str | Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from prm.data.loaders import DataError, load_items, padded_list_column  # noqa: E402
+from prm.data.tables import DataError, load_items, padded_list_column  # noqa: E402
 from prm.io import atomic_path  # noqa: E402
 from prm.serving.batch import COLUMNS, rerank_chunk  # noqa: E402
 from prm.serving.predictor import Predictor, TorchBackend  # noqa: E402

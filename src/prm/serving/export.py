@@ -25,6 +25,7 @@ import onnx
 import torch
 from torch import nn
 
+from prm.data.tables import Catalog
 from prm.pipeline import load_reranker
 from prm.pretrain.ctr import CTRModel, load_ctr
 from prm.registry import ModelSpec
@@ -37,7 +38,6 @@ from prm.serving.bundle import (
     RERANKER_ONNX,
     RERANKER_TORCH,
     BundleError,
-    Catalog,
 )
 from prm.serving.graphs import PV_INPUTS, SCORE_INPUTS, PVGraph, ScoreGraph
 from prm.serving.predictor import load_predictor
@@ -64,7 +64,13 @@ def _export(
     level = noisy.level
     noisy.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # no_grad: a graph that only infers, and the recurrences' scan (a PyTorch prototype)
+        # exports only without autograd.
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            torch.no_grad(),
+        ):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module.eval(),

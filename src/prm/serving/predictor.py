@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from prm.data.batch import ListInputs
+from prm.data.tables import Catalog
 from prm.pretrain.ctr import load_ctr
 from prm.registry import ModelSpec
 from prm.serving.bundle import (
@@ -24,7 +25,6 @@ from prm.serving.bundle import (
     RERANKER_ONNX,
     RERANKER_TORCH,
     BundleError,
-    Catalog,
     read_manifest,
 )
 from prm.serving.graphs import PVGraph, ScoreGraph

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prm.data.loaders import DataError
+from prm.data.tables import DataError
 from prm.io import atomic_path
 
 

@@ -28,8 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from prm.config import EvalConfig, TrainConfig, to_dict
-from prm.data.batch import ListBatch, ListDataset
-from prm.data.streaming import InMemoryLists, TrainingLists, prefetch, to_device
+from prm.data.batch import ListBatch, ListDataset, TrainingLists
+from prm.data.streaming import InMemoryLists, prefetch, to_device
 from prm.evaluation.evaluate import evaluate_scores, score_lists
 from prm.evaluation.plots import plot_training_curve
 from prm.io import remove_stale_temporaries, write_json
