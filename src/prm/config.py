@@ -179,6 +179,9 @@ class ExperimentConfig:
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
     evaluator_training: EvaluatorTraining = field(default_factory=EvaluatorTraining)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    # kind -> config of another registered re-ranker (`prm train --model dlcm`); the kind's
+    # defaults where absent, keys checked when its spec is made (prm.registry.ModelSpec)
+    rerankers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -193,6 +196,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{where}: expected one of {list(allowed)}, got {value!r}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(annotation)
         if not isinstance(value, list | tuple):

@@ -119,28 +119,34 @@ def train_reranker(
     data: ListData,
     run_dir: str | Path,
     *,
-    model_config: PRMConfig | None = None,
+    kind: str = "prm",
+    model_config: PRMConfig | dict[str, Any] | None = None,
     seed: int | None = None,
     resume: bool = False,
     progress: bool = True,
     estimator: Callable[[np.ndarray, ListDataset], float] | None = None,
     evaluator: ContextClickModel | None = None,
 ) -> torch.nn.Module:
-    """Train PRM (or PRM-BASE with ``use_pv=False``) and return the best-on-validation model.
+    """Train a registered re-ranker and return the best-on-validation model: PRM (PRM-BASE
+    with ``use_pv=False``) from ``config.model``, another kind from ``config.rerankers``
+    (its config defaults where the section is absent), or from ``model_config`` if given.
 
     ``evaluator`` (a trained context-aware click model) gives the examination curve for
     ``position_bias: evaluator``.
     """
-    model_config = model_config or config.model
     examination = data.examination
-    if model_config.position_bias == "evaluator":
-        if evaluator is None:
-            raise ValueError("model.position_bias 'evaluator' needs a trained evaluator")
-        examination = evaluator.relative_examination(model_config.max_positions)
+    if kind == "prm":
+        model_config = model_config or config.model
+        if model_config.position_bias == "evaluator":
+            if evaluator is None:
+                raise ValueError("model.position_bias 'evaluator' needs a trained evaluator")
+            examination = evaluator.relative_examination(model_config.max_positions)
+    elif model_config is None:
+        model_config = config.rerankers.get(kind, {})
     train_config = config.train if seed is None else replace(config.train, seed=seed)
     train = data.splits["train"]
     model, _ = fit_reranker(
-        ModelSpec.of("prm", model_config, train.d_feature, train.d_pv),
+        ModelSpec.of(kind, model_config, train.d_feature, train.d_pv),
         train_config,
         train,
         data.splits["valid"],

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from prm.cli.main import main
@@ -80,6 +81,47 @@ def test_demo_writes_the_results_table(tmp_path: Path, capsys: pytest.CaptureFix
     assert results["models"]["initial"]["oracle_gain_pct"] == pytest.approx(0)
     out = capsys.readouterr().out
     assert "| PRM |" in out and "| PRM-BASE |" in out and "greedy oracle" in out
+
+
+def test_train_model_takes_every_registered_kind() -> None:
+    from prm.cli.main import TRAINABLE_MODELS
+    from prm.registry import RERANKERS
+
+    assert set(TRAINABLE_MODELS) == set(RERANKERS) | {"prm_base"}
+
+
+@pytest.mark.parametrize("kind", ["dlcm", "seq2slate", "setrank", "gsf", "midnn"])
+def test_train_a_baseline_then_evaluate_it(
+    kind: str, tiny_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`prm train --model KIND` builds the kind from the config's rerankers section (its
+    defaults otherwise) and checkpoints a spec that `prm evaluate` rebuilds."""
+    config = yaml.safe_load(Path(TINY).read_text())
+    config["rerankers"] = {kind: {"dropout": 0.0}} if kind in ("setrank", "midnn") else {}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    args = ["--config", str(config_path), "--data", str(tiny_data_dir), "--quiet"]
+    assert main(["train", *args, "--model", kind, "--out", str(run)]) == 0
+    spec = torch.load(run / "checkpoint.pt", weights_only=True)["model_spec"]
+    assert spec["kind"] == kind and spec["d_pv"] == 0 and not spec["config"]["use_pv"]
+    if kind in ("setrank", "midnn"):
+        assert spec["config"]["dropout"] == 0.0
+    assert main(["evaluate", *args, "--run", str(run)]) == 0
+    assert json.loads((run / "eval_test.json").read_text())["ndcg@10"] > 0
+
+
+def test_train_a_baseline_with_an_unknown_key_names_it(
+    tiny_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = yaml.safe_load(Path(TINY).read_text())
+    config["rerankers"] = {"dlcm": {"bogus": 1}}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    args = ["--config", str(config_path), "--data", str(tiny_data_dir), "--quiet"]
+    assert main(["train", *args, "--model", "dlcm", "--out", str(tmp_path / "run")]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_without_pv_asks_for_it(tiny_data_dir: Path, tmp_path: Path, capsys) -> None:

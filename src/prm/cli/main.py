@@ -13,6 +13,12 @@ from prm.cli import benchmark, serving
 from prm.config import ConfigError, ExperimentConfig, PRMConfig, load_config
 from prm.data.tables import DataError
 
+# What `prm train --model` takes: every registered re-ranker (prm.registry.RERANKERS, kept
+# out of this module so that `prm --help` needs no torch) and prm_base.
+TRAINABLE_MODELS = (
+    "prm", "prm_base", "dlcm", "seq2slate", "setrank", "gsf", "midnn", "generator_evaluator"
+)  # fmt: skip
+
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config) if args.config else ExperimentConfig()
@@ -67,6 +73,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = {"device": args.device, "precision": args.precision, "compile": args.compile}
     train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
     config = replace(config, train=train)
+    if args.model == "prm_base":
+        args.model, args.base = "prm", True
+    if args.model not in ("prm", "generator_evaluator"):
+        config = _baseline_config(config, args)
+        launch(args.nproc, _train, config, None, args, backend=backend_for(train.device))
+        return
     model_config = replace(config.model, use_pv=False) if args.base else config.model
     if args.model == "generator_evaluator":
         if args.base or args.stream or args.evaluator:
@@ -89,7 +101,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     launch(args.nproc, _train, config, model_config, args, backend=backend_for(train.device))
 
 
-def _train(config: ExperimentConfig, model_config: PRMConfig, args: argparse.Namespace) -> None:
+def _baseline_config(config: ExperimentConfig, args: argparse.Namespace) -> ExperimentConfig:
+    """The config with the baseline's ``use_pv`` settled: PV when --pv is given (and --base is
+    not), unless its rerankers section says."""
+    if args.evaluator:
+        raise ConfigError(f"--model {args.model} takes no --evaluator")
+    settings = dict(config.rerankers.get(args.model, {}))
+    use_pv = settings.setdefault("use_pv", bool(args.pv) and not args.base)
+    if use_pv and not args.pv:
+        raise ConfigError(
+            f"rerankers.{args.model}.use_pv needs --pv DIR (from `prm pretrain`); or pass --base"
+        )
+    if use_pv and args.stream:
+        raise ConfigError("--stream trains without PV (PV caches are in memory); add --base")
+    return replace(config, rerankers={**config.rerankers, args.model: settings})
+
+
+def _train(
+    config: ExperimentConfig, model_config: PRMConfig | None, args: argparse.Namespace
+) -> None:
     """`prm train` in one training process (of ``--nproc`` or torchrun's)."""
     from prm.data.examination import EXPLORE
     from prm.data.loaders import load_list_data
@@ -103,7 +133,7 @@ def _train(config: ExperimentConfig, model_config: PRMConfig, args: argparse.Nam
     if args.model == "generator_evaluator" and lists_source(args.data, EXPLORE).exists():
         splits = (*splits, EXPLORE)
     data = load_list_data(args.data, splits=splits)
-    if model_config.use_pv:
+    if args.pv and (model_config is None or model_config.use_pv):
         data = attach_pv(data, args.pv)
     if args.stream:
         stream = ListStream(
@@ -129,6 +159,7 @@ def _train(config: ExperimentConfig, model_config: PRMConfig, args: argparse.Nam
             config,
             data,
             args.out,
+            kind=args.model,
             model_config=model_config,
             seed=args.seed,
             resume=args.resume,
@@ -297,15 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(
         "train",
         cmd_train,
-        "train PRM (PRM-BASE with --base), or the evaluator-generator re-ranker",
+        "train a re-ranker: PRM (PRM-BASE with --base), a baseline, or the evaluator-generator",
     )
     sub.add_argument("--data", required=True, help="dataset folder")
     sub.add_argument(
         "--model",
-        choices=["prm", "generator_evaluator"],
+        choices=TRAINABLE_MODELS,
         default="prm",
-        help="prm: PRM or PRM-BASE; generator_evaluator: the click model that predicts the "
-        "clicks of any order, and ranks by searching for the order it predicts best",
+        help="prm: PRM (PRM-BASE with --base); prm_base: the same as --base; dlcm, seq2slate, "
+        "setrank, gsf, midnn: the paper's baselines, configured in the config's rerankers "
+        "section (their defaults otherwise; with PV when --pv is given); "
+        "generator_evaluator: the click model that predicts the clicks of any order, and "
+        "ranks by searching for the order it predicts best",
     )
     sub.add_argument(
         "--evaluator",
