@@ -41,11 +41,11 @@ def test_shipped_configs_are_the_committed_ones_and_load_by_name(
 
 def test_values_are_typed_and_nested() -> None:
     config = from_dict(
-        ExperimentConfig, {"seeds": [1, 2], "train": {"lr": 1}, "evaluate": {"ks": [3]}}
+        ExperimentConfig, {"seeds": [1, 2], "train": {"lr": 1}, "evaluate": {"ks": [3, 10]}}
     )
     assert config.seeds == (1, 2)
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
-    assert config.evaluate.ks == (3,)
+    assert config.evaluate.ks == (3, 10)  # 10: train.selection_metric is ndcg@10
 
 
 @pytest.mark.parametrize(

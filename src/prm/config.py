@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +24,66 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration file or mapping that does not match the dataclasses below."""
+
+
+# --- value checks, run when a config is created (``__post_init__``): a bad value fails at load,
+# named by its key, before any work. ``from_dict`` prefixes the section (``train.``).
+
+
+def _fail(key: str, what: str, value: Any) -> None:
+    raise ConfigError(f"{key}: {what}, got {value!r}")
+
+
+def _at_least(config: Any, low: int, *keys: str) -> None:
+    for key in keys:
+        value = getattr(config, key)
+        if not value >= low:
+            _fail(key, f"must be >= {low}", value)
+
+
+def _finite(config: Any, *keys: str, low: float | None = None, positive: bool = False) -> None:
+    """Finite floats; ``low``: at least it; ``positive``: above 0."""
+    for key in keys:
+        value = getattr(config, key)
+        if not math.isfinite(value):
+            _fail(key, "must be a finite number", value)
+        if positive and not value > 0:
+            _fail(key, "must be > 0", value)
+        if low is not None and not value >= low:
+            _fail(key, f"must be >= {low}", value)
+
+
+def _fraction(config: Any, key: str) -> None:
+    value = getattr(config, key)
+    if not 0 <= value < 1:  # NaN too
+        _fail(key, "must be in [0, 1)", value)
+
+
+def check_device(name: str, key: str = "train.device") -> None:
+    """A device that exists on this machine: "cpu", "cuda" or "cuda:N" with a GPU N, "mps"."""
+    if name == "cpu":
+        return
+    import torch  # only for a device other than the CPU: `prm --help` stays quick
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        _fail(key, 'must be "cpu", "cuda", "cuda:N" or "mps"', name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            _fail(key, "no CUDA GPU on this machine (use cpu)", name)
+        if device.index is not None and device.index >= count:
+            _fail(key, f"this machine has {count} CUDA GPU(s), 0..{count - 1}", name)
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            _fail(key, "no MPS device on this machine (use cpu)", name)
+    else:
+        _fail(key, 'must be "cpu", "cuda", "cuda:N" or "mps"', name)
+
+
+_METRIC = re.compile(r"^(ndcg|map|p)@(\d+)$")
+SELECTION_METRICS = "loss, estimated_clicks, ndcg@k, map@k or p@k with k in evaluate.ks"
 
 
 @dataclass(frozen=True)
@@ -59,6 +121,20 @@ class SimulatorConfig:
     # lists_<split>.parquet per split. Either way lists are generated and written by chunks.
     shard_lists: int = 0
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "n_users", "n_items", "n_topics", "d_profile", "history_length")
+        _at_least(self, 1, "list_length", "n_train_lists", "n_valid_lists", "n_test_lists")
+        _at_least(self, 0, "d_item_dense", "n_explore_lists", "lift_pairs", "shard_lists")
+        _at_least(self, self.list_length, "candidate_pool")
+        if self.candidate_pool > self.n_items:
+            _fail("candidate_pool", f"must be <= n_items ({self.n_items})", self.candidate_pool)
+        if self.lift_pairs and self.n_topics < 2:
+            _fail("lift_pairs", "needs n_topics >= 2 (a pair of distinct topics)", self.lift_pairs)
+        _finite(self, "click_bias", "relevance_weight", "quality_weight", "saturation_mean")
+        _finite(self, "lift_weight", "initial_personalization")
+        _finite(self, "taste_scale", "profile_noise", "initial_noise", low=0)
+        _finite(self, "position_bias", "saturation_spread", low=0)
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -88,6 +164,19 @@ class PretrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "embedding_dim", "max_positions", "epochs", "batch_size")
+        _at_least(self, 0, "cross_layers", "seed")
+        if self.model == "dcn":
+            _at_least(self, 1, "cross_layers")
+        if self.model != "fm" and not self.hidden_dims:
+            _fail("hidden_dims", f"must hold at least one width for model {self.model}", [])
+        for i, width in enumerate(self.hidden_dims):
+            if not width >= 1:
+                _fail(f"hidden_dims[{i}]", "must be >= 1", width)
+        _finite(self, "lr", positive=True)
+        _finite(self, "weight_decay", low=0)
+
 
 @dataclass(frozen=True)
 class PRMConfig:
@@ -109,6 +198,13 @@ class PRMConfig:
     # the list with the item's topic), a list-level feature (models/prm.py)
     topic_columns: int = 0
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "d_model", "n_heads", "n_blocks", "d_ff", "max_positions")
+        _at_least(self, 0, "topic_columns")
+        if self.d_model % self.n_heads:
+            _fail("n_heads", f"must divide d_model ({self.d_model})", self.n_heads)
+        _fraction(self, "dropout")
+
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
@@ -124,6 +220,10 @@ class EvaluatorConfig:
     # rank and appeal are more confounded than where the curve was measured (prm loop).
     hold_examination: bool = False
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "d_hidden", "beam_width", "max_positions")
+        _at_least(self, 0, "topic_columns")
+
 
 @dataclass(frozen=True)
 class EvaluatorTraining:
@@ -136,6 +236,10 @@ class EvaluatorTraining:
     # Add the randomized exploration lists to its training lists: there rank is independent
     # of appeal, which separates examination from relevance (docs/simulator.md).
     with_exploration: bool = True
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "epochs", "batch_size")
+        _finite(self, "lr", positive=True)
 
 
 @dataclass(frozen=True)
@@ -161,11 +265,28 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training step (first steps pay the compile time)
     shuffle_buffer: int = 100_000  # lists held by the streaming loader (`prm train --stream`)
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "epochs", "batch_size", "patience", "shuffle_buffer")
+        _at_least(self, 0, "seed")
+        _finite(self, "lr", positive=True)
+        _finite(self, "weight_decay", low=0)
+        name = self.selection_metric
+        if name not in ("loss", "estimated_clicks") and not _METRIC.match(name):
+            _fail("selection_metric", f"must be {SELECTION_METRICS}", name)
+        check_device(self.device, "device")
+
 
 @dataclass(frozen=True)
 class EvalConfig:
     ks: tuple[int, ...] = (5, 10, 30)
     map_convention: Literal["prm", "trec"] = "prm"
+
+    def __post_init__(self) -> None:
+        if not self.ks:
+            _fail("ks", "must hold at least one cutoff", [])
+        for i, k in enumerate(self.ks):
+            if not k >= 1:
+                _fail(f"ks[{i}]", "must be >= 1", k)
 
 
 @dataclass(frozen=True)
@@ -182,6 +303,34 @@ class ExperimentConfig:
     # kind -> config of another registered re-ranker (`prm train --model dlcm`); the kind's
     # defaults where absent, keys checked when its spec is made (prm.registry.ModelSpec)
     rerankers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            _fail("seeds", "must hold at least one seed", [])
+        for i, seed in enumerate(self.seeds):
+            if not seed >= 0:
+                _fail(f"seeds[{i}]", "must be >= 0", seed)
+        metric = _METRIC.match(self.train.selection_metric)
+        if metric and int(metric.group(2)) not in self.evaluate.ks:
+            _fail(
+                "train.selection_metric",
+                f"its k {metric.group(2)} is not in evaluate.ks {list(self.evaluate.ks)}",
+                self.train.selection_metric,
+            )
+
+    def check_list_length(
+        self, longest: int, source: str, sections: tuple[str, ...] = ("model", "evaluator")
+    ) -> None:
+        """The position tables of ``sections`` at least as long as the longest list of
+        ``source`` (known once its lists are read)."""
+        for section in sections:
+            value = getattr(self, section).max_positions
+            if value < longest:
+                _fail(
+                    f"{section}.max_positions",
+                    f"must be >= the longest list of {source} ({longest} items)",
+                    value,
+                )
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -237,7 +386,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
         names = ", ".join(f"{where}{k}" for k in unknown)
         raise ConfigError(f"unknown config key(s): {names} (known: {', '.join(sorted(known))})")
     values = {k: _coerce(v, hints[k], f"{where}{k}") for k, v in data.items()}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as error:  # a value check of __post_init__: name the section too
+        raise ConfigError(f"{where}{error}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
