@@ -28,7 +28,8 @@ ITEMS = ItemTable(topic=np.arange(50) % 4, dense=np.ones((50, 2), dtype=np.float
 
 
 def _write_lists(data_dir: Path, n: int, shard_lists: int, seed: int = 0) -> None:
-    """``n`` random lists of 2 to 6 items (items 0..49, users 0..9) written in chunks of 100."""
+    """``n`` random lists of 2 to 6 distinct items (items 0..49, users 0..9) written in chunks
+    of 100."""
     rng = np.random.default_rng(seed)
     with ListWriter(data_dir, "train", shard_lists, LIST_SCHEMA) as writer:
         for start in range(0, n, 100):
@@ -38,7 +39,9 @@ def _write_lists(data_dir: Path, n: int, shard_lists: int, seed: int = 0) -> Non
                     {
                         "list_id": np.arange(start, start + len(lengths)),
                         "user_id": rng.integers(0, 10, size=len(lengths)).astype(np.int32),
-                        "item_ids": [rng.integers(0, 50, size=k).tolist() for k in lengths],
+                        "item_ids": [
+                            rng.choice(50, size=k, replace=False).tolist() for k in lengths
+                        ],
                         "clicks": [(rng.random(k) < 0.3).astype(np.int8).tolist() for k in lengths],
                     },
                     schema=LIST_SCHEMA,

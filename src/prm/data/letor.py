@@ -23,13 +23,14 @@ import hashlib
 import json
 import re
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from prm.data.files import line_error, numbered_lines
+from prm.data.files import line_error
 from prm.data.tables import DataError, read_table
 from prm.io import write_parquet
 
@@ -98,11 +99,37 @@ def _is_int(text: str) -> bool:
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _number(text: str) -> float:
-    """A finite decimal number, or ValueError (rejects 'nan', 'inf' and Python's '1_0')."""
+    """A decimal number that float32 holds, or ValueError (rejects 'nan', 'inf', Python's '1_0'
+    and values such as 1e39 or 1e300 that become inf in float32)."""
     if not _NUMBER.match(text):
-        raise ValueError(text)
-    return float(text)
+        raise ValueError(f"{text!r}")
+    value = float(text)
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{text!r}: beyond float32 (±{FLOAT32_MAX:.2e})")
+    return value
+
+
+def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line_no, line)`` of a UTF-8 text file, skipping blank lines; a line that is not
+    UTF-8 is a DataError at its ``file:line``, not a UnicodeDecodeError."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise line_error(
+                    path,
+                    line_no,
+                    f"not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1})",
+                ) from None
+            if line.strip():
+                yield line_no, line
 
 
 def _read_groups(path: Path, n_lines: int, data_path: Path) -> np.ndarray:
@@ -156,8 +183,8 @@ def parse_svmlight(
             continue  # a comment line
         try:
             label = _number(tokens[0])
-        except ValueError:
-            raise line_error(path, line_no, f"bad label {tokens[0]!r}") from None
+        except ValueError as error:
+            raise line_error(path, line_no, f"bad label {error}") from None
         if label < 0:
             raise line_error(path, line_no, f"bad label {tokens[0]!r}: negative")
         start = 1
@@ -195,9 +222,9 @@ def parse_svmlight(
                 raise line_error(path, line_no, f"{kind} feature index {index} after {previous}")
             try:
                 value = _number(value_text)
-            except ValueError:
+            except ValueError as error:
                 raise line_error(
-                    path, line_no, f"bad feature value {value_text!r} at index {index}"
+                    path, line_no, f"bad feature value {error} at index {index}"
                 ) from None
             previous = index
             indices.append(index - 1)

@@ -24,6 +24,7 @@ from prm.data.tables import (
     load_catalog,
     padded_list_column,
     read_table,
+    require_ints,
 )
 
 LIST_COLUMNS = {"list_id": "int", "user_id": "int", "item_ids": "list<int>", "clicks": "list<int>"}
@@ -34,6 +35,8 @@ def load_lists(path: str | Path, items: ItemTable, n_users: int) -> ListDataset:
     with item features gathered from ``items``. Rows of a folder are numbered across its parts."""
     path = Path(path)
     tables = [read_table(part, LIST_COLUMNS) for part in shard_paths(path)]
+    if sum(len(table) for table in tables) == 0:
+        raise DataError(f"{path}: no lists (0 rows)")
     return lists_dataset(pa.concat_tables(tables), items, n_users, path)
 
 
@@ -49,6 +52,7 @@ def lists_dataset(
     """Validate list-log rows and gather their item features; errors name ``path`` and the row
     (``first_row`` + index, for a piece read from the middle of a file). Lists are padded to
     ``length``, or to the longest one."""
+    require_ints(table, path, "list_id", "user_id", "item_ids")
     list_ids = table.column("list_id").to_numpy().astype(np.int64)
     user_ids = table.column("user_id").to_numpy().astype(np.int64)
     item_ids, n_items_per_list = padded_list_column(table, "item_ids", path, np.int64, length)
@@ -63,10 +67,16 @@ def lists_dataset(
     n_items = len(items.topic)
     fail_at(
         (mask & ((item_ids < 0) | (item_ids >= n_items))).any(axis=1),
-        f"item id outside 0..{n_items - 1}",
+        f"item id outside 0..{n_items - 1} (column item_ids)",
+    )
+    # The same item twice in a list is refused here as by `prm rerank` and the server.
+    ordered = np.sort(np.where(mask, item_ids, -1), axis=1)  # (N, L), padding first
+    fail_at(
+        ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any(axis=1),
+        "item_ids: duplicate item id (an item appears twice in the list)",
     )
     fail_at(((clicks != 0) & (clicks != 1)).any(axis=1), "clicks must be 0 or 1")
-    fail_at((user_ids < 0) | (user_ids >= n_users), "unknown user_id")
+    fail_at((user_ids < 0) | (user_ids >= n_users), f"unknown user_id (users has 0..{n_users - 1})")
     features = items.features[item_ids] * mask[..., None]
     return ListDataset(
         features=features.astype(np.float32),

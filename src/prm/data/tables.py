@@ -38,6 +38,34 @@ def read_table(path: str | Path, columns: dict[str, str]) -> pa.Table:
     return table
 
 
+# Largest magnitude a float input may have: its square still fits in float32, so the norms and
+# variances of a layer see no overflow (1e30 in one feature made every loss NaN).
+MAX_MAGNITUDE = float(np.sqrt(np.finfo(np.float32).max))  # about 1.8e19
+
+
+def require_ints(table: pa.Table, path: Path, *names: str) -> None:
+    """Id columns hold integers (lists of integers for list columns): a float id is refused,
+    never truncated (252.7 is not item 252), and so is a string."""
+    for name in names:
+        kind = table.schema.field(name).type
+        inner = kind.value_type if pa.types.is_list(kind) or pa.types.is_large_list(kind) else kind
+        if not pa.types.is_integer(inner):
+            raise DataError(f"{path}: column {name} must hold integer ids, got {kind}")
+
+
+def require_finite(values: np.ndarray, path: Path, name: str, first_row: int = 0) -> None:
+    """Rows of ``values`` (N, d) finite and within ±:data:`MAX_MAGNITUDE`."""
+    bad = ~(np.abs(values) <= MAX_MAGNITUDE)  # NaN too
+    if bad.any():
+        row, column = (int(i[0]) for i in np.nonzero(bad))
+        value = values[row, column]
+        what = "is not finite" if not np.isfinite(value) else f"exceeds ±{MAX_MAGNITUDE:.1e}"
+        raise DataError(
+            f"{path}: row {first_row + row}: {name}[{column}] = {value} {what} (float32 values "
+            "must stay finite when squared; scale the column)"
+        )
+
+
 def padded_list_column(
     table: pa.Table, name: str, path: Path, dtype: type, length: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +86,16 @@ def padded_list_column(
     if values.null_count:
         row = int(np.searchsorted(offsets, _first_null(values) + offsets[0], side="right") - 1)
         raise DataError(f"{path}: row {row}: column {name} holds a null value")
-    flat = values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    flat = values.to_numpy(zero_copy_only=False)
+    if np.issubdtype(dtype, np.floating) and flat.dtype.kind == "f" and flat.size:
+        overflow = np.abs(flat) > np.finfo(dtype).max  # a finite float64 turned to inf
+        if overflow.any():
+            at = int(np.flatnonzero(overflow)[0])
+            row = int(np.searchsorted(offsets, at + offsets[0], side="right") - 1)
+            raise DataError(
+                f"{path}: row {row}: column {name} holds {flat[at]}, beyond {np.dtype(dtype).name}"
+            )
+    flat = flat.astype(dtype, copy=False)
     longest = int(lengths.max(initial=0))
     if length is not None and longest > length:
         raise DataError(f"{path}: column {name} has a row of {longest} values, more than {length}")
@@ -94,37 +131,56 @@ class ItemTable:
 def load_items(path: str | Path) -> ItemTable:
     path = Path(path)
     table = read_table(path, {"item_id": "int", "topic": "int", "features": "list<float>"})
+    require_ints(table, path, "item_id", "topic")
     item_id = table.column("item_id").to_numpy()
     if not np.array_equal(item_id, np.arange(len(item_id))):
         row = int(np.flatnonzero(item_id != np.arange(len(item_id)))[0])
         raise DataError(f"{path}: row {row}: item_id must equal the row number 0..n-1")
     dense, lengths = padded_list_column(table, "features", path, np.float32)
-    if len(lengths) and (lengths != lengths[0]).any():
-        row = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise DataError(f"{path}: row {row}: {lengths[row]} features, expected {lengths[0]}")
-    if not np.isfinite(dense).all():
-        row = int(np.flatnonzero(~np.isfinite(dense).all(axis=1))[0])
-        raise DataError(f"{path}: row {row}: features hold NaN or inf")
+    _same_lengths(lengths, path, "features")
+    require_finite(dense, path, "features")
     topic = table.column("topic").to_numpy().astype(np.int64)
     if (topic < 0).any():
         raise DataError(f"{path}: row {int(np.flatnonzero(topic < 0)[0])}: negative topic")
+    # Each topic is a one-hot column of X: ids beyond the item count are sparse ids (a
+    # category code), which would make a huge, almost empty one-hot.
+    if (topic >= len(topic)).any():
+        row = int(np.flatnonzero(topic >= len(topic))[0])
+        raise DataError(
+            f"{path}: row {row}: topic {topic[row]} is not below the item count {len(topic)}; "
+            "number the topics 0..n_topics-1"
+        )
     return ItemTable(topic=topic, dense=dense)
+
+
+def _same_lengths(lengths: np.ndarray, path: Path, name: str) -> None:
+    if len(lengths) and (lengths != lengths[0]).any():
+        row = int(np.flatnonzero(lengths != lengths[0])[0])
+        raise DataError(
+            f"{path}: row {row}: column {name} has {lengths[row]} values, row 0 has {lengths[0]}"
+        )
 
 
 def load_users(path: str | Path, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Users as the pre-training model sees them: (profile, history, history_mask)."""
     path = Path(path)
     table = read_table(path, {"user_id": "int", "profile": "list<float>", "history": "list<int>"})
+    require_ints(table, path, "user_id", "history")
     user_id = table.column("user_id").to_numpy()
     if not np.array_equal(user_id, np.arange(len(user_id))):
         row = int(np.flatnonzero(user_id != np.arange(len(user_id)))[0])
         raise DataError(f"{path}: row {row}: user_id must equal the row number 0..n-1")
-    profile, _ = padded_list_column(table, "profile", path, np.float32)
+    profile, profile_lengths = padded_list_column(table, "profile", path, np.float32)
+    _same_lengths(profile_lengths, path, "profile")  # never zero-padded
+    require_finite(profile, path, "profile")
     history, lengths = padded_list_column(table, "history", path, np.int64)
     history_mask = np.arange(history.shape[1]) < lengths[:, None]
     bad = (history_mask & ((history < 0) | (history >= n_items))).any(axis=1)
     if bad.any():
-        raise DataError(f"{path}: row {int(np.flatnonzero(bad)[0])}: history item id out of range")
+        raise DataError(
+            f"{path}: row {int(np.flatnonzero(bad)[0])}: column history holds an item id "
+            f"outside 0..{n_items - 1}"
+        )
     return profile, history, history_mask
 
 
