@@ -50,23 +50,38 @@ def restore_rng_state(state: dict[str, Any], shuffle_generator: torch.Generator)
     shuffle_generator.set_state(state["shuffle"])
 
 
+# What every checkpoint of Trainer holds (and what evaluate, export and --resume read).
+CHECKPOINT_KEYS = ("model_spec", "train_config", "weights", "optimizer", "state", "rng")
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` with torch.save to a temporary file and rename it into place."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping saved at ``path``, holding the keys ``required`` (a DataError if not)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     # weights_only: tensors and plain containers only. A crafted file cannot run code on
     # load; one that needs more than that is refused as not a checkpoint of ours.
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise DataError(
             f"{path}: not a prm checkpoint: it holds objects other than tensors and plain "
             "values, which are not unpickled (a file from elsewhere, or one written before "
             "stop 11, when RNG states became tensors: train it again)"
         ) from error
+    except Exception as error:  # truncated, empty, garbage: the unpickler fails in many ways
+        raise DataError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {error}"
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise DataError(f"{path}: not a prm checkpoint: a {type(checkpoint).__name__}")
+    missing = [key for key in required if key not in checkpoint]
+    if missing:
+        raise DataError(f"{path}: not a prm checkpoint: no {', '.join(missing)}")
+    return checkpoint

@@ -14,6 +14,7 @@ epoch, and rank 0 alone writes the checkpoint, holding every process's RNG state
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Callable
@@ -27,15 +28,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from prm.config import EvalConfig, TrainConfig, to_dict
+from prm.config import ConfigError, EvalConfig, TrainConfig, to_dict
 from prm.data.batch import ListBatch, ListDataset, TrainingLists
 from prm.data.streaming import InMemoryLists, prefetch, to_device
+from prm.data.tables import DataError
 from prm.evaluation.evaluate import evaluate_scores, score_lists
 from prm.evaluation.plots import plot_training_curve
 from prm.io import remove_stale_temporaries, write_json
 from prm.registry import ModelSpec
 from prm.training import distributed
 from prm.training.checkpoint import (
+    CHECKPOINT_KEYS,
     load_checkpoint,
     restore_rng_state,
     rng_state,
@@ -45,6 +48,13 @@ from prm.training.losses import LOSSES, Loss
 
 CHECKPOINT = "checkpoint.pt"
 LOG_EVERY = 50  # steps between progress-bar loss updates (each one waits for the device)
+# Train settings a resumed run may change: where it runs, and how long it goes on.
+RESUME_MAY_CHANGE = ("device", "compile", "epochs", "patience")
+
+
+class DivergedError(DataError):
+    """Training produced a non-finite loss: the run stops before saving that epoch (a
+    DataError, as extreme inputs are the usual cause: the CLI's exit 2)."""
 
 
 @dataclass
@@ -167,7 +177,7 @@ class Trainer:
             # Rank 0 reads, all restore: the run folder need only exist where rank 0 runs.
             found = self.rank == 0 and checkpoint_path.is_file()
             checkpoint = distributed.broadcast_from_first(
-                load_checkpoint(checkpoint_path) if found else None
+                load_checkpoint(checkpoint_path, CHECKPOINT_KEYS) if found else None
             )
             if checkpoint is not None:
                 self._restore(checkpoint)
@@ -185,6 +195,7 @@ class Trainer:
             train_loss = self.train_epoch(lists, state.epoch + 1)
             metrics = self.validate(valid)
             metric = self._selection_value(metrics)
+            self._check_finite(state.epoch + 1, train_loss, metrics["loss"])
             state.epoch += 1
             if self.on_epoch is not None:
                 self.on_epoch(state.epoch, self.model, metrics)
@@ -213,6 +224,16 @@ class Trainer:
         if state.best_weights is not None:
             self.model.load_state_dict(state.best_weights)
         return state
+
+    def _check_finite(self, epoch: int, train_loss: float, valid_loss: float) -> None:
+        """Stop at a NaN or infinite loss: the weights are lost, and a metric of the scores
+        they give (NaN ties) would still look like a result."""
+        if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
+            raise DivergedError(
+                f"non-finite loss in epoch {epoch} (training {train_loss}, validation "
+                f"{valid_loss}): an input holds extreme values (features, PV) or train.lr "
+                f"({self.config.lr}) is too high; epoch {epoch} was not saved"
+            )
 
     def _learns_from_lists_without_click(self) -> bool:
         return getattr(self.model, "trains_on_lists_without_click", False)
@@ -307,7 +328,36 @@ class Trainer:
             "rng": rng,  # one entry per process, in rank order
         }
 
+    def _check_same_run(self, checkpoint: dict[str, Any]) -> None:
+        """Resume only the run the checkpoint holds: refuse a config that differs, by key
+        (an optimizer state and a schedule made for other settings would be kept silently)."""
+        saved_spec, spec = checkpoint.get("model_spec", {}), self.spec.to_dict()
+        saved_train, train = checkpoint.get("train_config", {}), to_dict(self.config)
+        section = "model" if spec["kind"] == "prm" else spec["kind"]
+        differ = [
+            f"train.{key} (checkpoint {saved_train.get(key)!r}, now {train[key]!r})"
+            for key in train
+            if key not in RESUME_MAY_CHANGE and saved_train.get(key) != train[key]
+        ]
+        saved_config, config = saved_spec.get("config", {}), spec["config"]
+        differ += [
+            f"{section}.{key} (checkpoint {saved_config.get(key)!r}, now {config.get(key)!r})"
+            for key in sorted(config.keys() | saved_config.keys())
+            if saved_config.get(key) != config.get(key)
+        ]
+        differ += [
+            f"{key} (checkpoint {saved_spec.get(key)!r}, now {spec[key]!r})"
+            for key in ("kind", "d_feature", "d_pv")
+            if saved_spec.get(key) != spec[key]
+        ]
+        if differ:
+            raise ConfigError(
+                f"--resume: {self.run_dir / CHECKPOINT} was trained with another config: "
+                f"{'; '.join(differ)}. Resume with the run's config, or train into a new folder"
+            )
+
     def _restore(self, checkpoint: dict[str, Any]) -> None:
+        self._check_same_run(checkpoint)
         saved = len(checkpoint["rng"])
         if saved != self.world:
             raise ValueError(
