@@ -11,14 +11,18 @@ import json
 from typing import TYPE_CHECKING
 
 from prm.config import ConfigError
+from prm.data.tables import DataError
 
 if TYPE_CHECKING:
     from prm.serving.predictor import Predictor
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from prm.cli.checks import check_ctr, load_run
     from prm.serving.export import export_bundle
 
+    load_run(args.run)  # a bad run or CTR model is refused before anything is written
+    check_ctr(args.ctr)
     manifest = export_bundle(args.run, args.ctr, args.out, version=args.version)
     print(json.dumps(manifest, indent=2))
     print(f"wrote model bundle {manifest['version']} to {args.out}")
@@ -60,7 +64,15 @@ def _predictor(args: argparse.Namespace, backend: str) -> Predictor:
     if args.threads < 1:
         raise ConfigError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
-    return load_predictor(args.model, backend, threads=args.threads)
+    try:
+        return load_predictor(args.model, backend, threads=args.threads)
+    except DataError:  # BundleError: the bundle's own checks, naming the file
+        raise
+    except Exception as error:  # a corrupt file fails deep in json, numpy or ONNX Runtime
+        raise DataError(
+            f"{args.model}: not a readable model bundle, rewrite it with `prm export` "
+            f"({type(error).__name__}: {error})"
+        ) from None
 
 
 def cmd_rerank(args: argparse.Namespace) -> None:
