@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from prm.data.batch import ListBatch, ListInputs, slots_by_rank
 from prm.models.layers import topic_counts
+from prm.rankers.common import scan_steps
 
 # Adam moves each weight by about the learning rate per step, and one rank's examination gets
 # one weight; scaled by this factor it moves as fast as the appeal's many weights together
@@ -55,13 +56,31 @@ InputsT = TypeVar("InputsT", bound=ListInputs)
 EXAMINATION_STEP = 10.0
 
 
+def prefix_max(x: Tensor) -> Tensor:
+    """(B, L, d) -> the running max over dim 1 (inclusive), (B, L, d).
+
+    ``cummax`` has no ONNX operator, so an export runs it as a scan over the list instead.
+    """
+    if not torch.compiler.is_exporting():
+        return x.cummax(dim=1).values
+
+    def step(highest: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor]:
+        highest = torch.maximum(highest, x_t)  # (B, d)
+        return highest, highest.clone()
+
+    _, running = scan_steps(step, x[:, 0].clone(), x.transpose(0, 1))  # (L, B, d)
+    return running.transpose(0, 1)  # (B, L, d)
+
+
 def exclusive_prefix(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """(B, L, d) features -> the sum and the max over the real slots strictly above each slot,
     (B, L, d) each; zeros where nothing is above."""
     x = torch.where(mask[..., None], x, 0.0)
     total = x.cumsum(dim=1) - x  # (B, L, d)
-    running_max = torch.where(mask[..., None], x, torch.finfo(x.dtype).min).cummax(dim=1).values
-    shifted = torch.cat([torch.zeros_like(x[:, :1]), running_max[:, :-1]], dim=1)  # (B, L, d)
+    running_max = prefix_max(torch.where(mask[..., None], x, torch.finfo(x.dtype).min))
+    # Shifted down one slot; cut from a (B, L + 1, d) so that export sees no length L - 1.
+    above = torch.cat([torch.zeros_like(x[:, :1]), running_max], dim=1)  # (B, L + 1, d)
+    shifted = above[:, : x.shape[1]]  # (B, L, d)
     return total, torch.where(shifted == torch.finfo(x.dtype).min, 0.0, shifted)
 
 

@@ -6,13 +6,13 @@ concatenated to them, exactly as PRM's input layer does (PV of width 0 adds noth
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from prm.data.batch import ListInputs, slots_by_rank
+from prm.data.batch import ListInputs
 
 
 def input_size(d_feature: int, d_pv: int, use_pv: bool) -> int:
@@ -45,25 +45,95 @@ def mlp(d_in: int, hidden: tuple[int, ...], d_out: int, dropout: float = 0.0) ->
     return nn.Sequential(*layers)
 
 
+def slots_in_order(ranks: Tensor, mask: Tensor) -> Tensor:
+    """(B, L) slot indices sorted by ``ranks`` ((B, L) int, lowest first), padded slots last;
+    equal ranks keep slot order.
+
+    The same order as :func:`prm.data.batch.slots_by_rank`, without its stable sort, which ONNX
+    has no operator for: ties are broken by the slot index inside the key, so the keys are
+    distinct and any sort gives this one order.
+    """
+    length = mask.shape[-1]
+    slots = torch.arange(length, device=mask.device)  # (L,)
+    lowest = ranks.amin(dim=-1, keepdim=True)  # (B, 1)
+    highest = ranks.amax(dim=-1, keepdim=True)  # (B, 1)
+    keys = torch.where(mask, ranks - lowest, highest - lowest + 1)  # (B, L), >= 0, padding last
+    return (keys * length + slots).argsort(dim=-1)  # (B, L)
+
+
+def scan_steps(step: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any) -> tuple[Any, Any]:
+    """Run ``carry, y_t = step(carry, x_t)`` over dim 0 of every tensor in ``xs`` (a tensor or a
+    tuple of them); returns the final carry and the y_t stacked along a new dim 0.
+
+    Eager PyTorch runs a Python loop. Under ``torch.export`` a loop would be unrolled for the
+    example's length, so torch's ``scan`` is used instead: ONNX writes it as one ``Scan`` node,
+    and the exported graph takes lists of any length. ``step`` must not return its inputs
+    unchanged (``scan`` rejects aliased outputs; a ``torch.where`` is a new tensor).
+    """
+    if torch.compiler.is_exporting():
+        from torch._higher_order_ops.scan import scan
+
+        with torch.no_grad():  # an exported graph only infers; scan's autograd is a prototype
+            return scan(step, carry, xs)
+    length = (xs[0] if isinstance(xs, tuple) else xs).shape[0]
+    ys = []
+    for t in range(length):
+        x_t = tuple(x[t] for x in xs) if isinstance(xs, tuple) else xs[t]
+        carry, y = step(carry, x_t)
+        ys.append(y)
+    if isinstance(ys[0], tuple):
+        return carry, tuple(torch.stack(parts) for parts in zip(*ys, strict=True))
+    return carry, torch.stack(ys)
+
+
 def run_in_initial_order(
-    rnn: nn.RNNBase, x: Tensor, inputs: ListInputs, *, bottom_up: bool = False
+    rnn: nn.GRU | nn.LSTM, x: Tensor, inputs: ListInputs, *, bottom_up: bool = False
 ) -> tuple[Tensor, Any]:
-    """Run a batch-first ``rnn`` over each list's real items in initial-rank order.
+    """Run a one-layer, batch-first GRU or LSTM over each list's real items in initial-rank
+    order.
 
     ``bottom_up`` reads each list from its last item to its first. Real items are gathered to
-    the front in reading order and packed, so padded slots (wherever they are) never enter the
-    recurrence. Returns the (B, L, h) outputs back at their slots (0 at padding) and the final
-    state (``h_n``, or ``(h_n, c_n)`` for an LSTM) after each list's last real item. A list
-    with no real item reads one zero input instead, which keeps every shape and gradient finite.
+    the front in reading order and the cell runs one step per slot; after a list's last real
+    item its state is held (``h = where(real, h_new, h)``), so padded slots (wherever they
+    were) never change it. Returns the (B, L, h) outputs back at their slots (0 at padding)
+    and the final state (``h_n``, or ``(h_n, c_n)`` for an LSTM, each (1, B, h)) after each
+    list's last real item. A list with no real item reads its first slot's input once, which
+    keeps every shape and gradient finite.
+
+    This is what ``pack_padded_sequence`` computes, step for step, without its data-dependent
+    shapes, so the recurrence exports (see :func:`scan_steps`).
     """
-    length = x.shape[1]
+    if rnn.num_layers != 1 or rnn.bidirectional or not rnn.batch_first:
+        raise ValueError(f"run_in_initial_order needs a one-layer batch-first RNN, got {rnn}")
+    batch_size, length, _ = x.shape
     mask = inputs.mask
     reading_rank = -inputs.positions if bottom_up else inputs.positions  # (B, L)
-    order = slots_by_rank(reading_rank, mask)  # (B, L): slots in reading order, padding last
+    order = slots_in_order(reading_rank, mask)  # (B, L): slots in reading order, padding last
     ordered = x.gather(1, order[..., None].expand_as(x))  # (B, L, d_in)
-    lengths = mask.sum(dim=-1).clamp(min=1).cpu()  # (B,)
-    packed = pack_padded_sequence(ordered, lengths, batch_first=True, enforce_sorted=False)
-    packed_outputs, state = rnn(packed)
-    outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=length)
+    n_read = mask.sum(dim=-1).clamp(min=1)  # (B,): an empty list reads one input
+    reads = torch.arange(length, device=x.device) < n_read[:, None]  # (B, L): front-aligned
+    weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+    h0 = x.new_zeros(batch_size, rnn.hidden_size)  # (B, h)
+    steps = (ordered.transpose(0, 1), reads.transpose(0, 1)[..., None])  # (L, B, d_in), (L, B, 1)
+    if isinstance(rnn, nn.LSTM):
+
+        def lstm_step(state: tuple[Tensor, Tensor], step: tuple[Tensor, Tensor]) -> Any:
+            x_t, read = step
+            h_new, c_new = torch.lstm_cell(x_t, state, *weights)
+            h, c = torch.where(read, h_new, state[0]), torch.where(read, c_new, state[1])
+            return (h, c), torch.where(read, h_new, 0.0)
+
+        (h, c), outputs = scan_steps(lstm_step, (h0, h0.clone()), steps)
+        state: Any = (h[None], c[None])
+    else:
+
+        def gru_step(h: Tensor, step: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+            x_t, read = step
+            h_new = torch.gru_cell(x_t, h, *weights)
+            return torch.where(read, h_new, h), torch.where(read, h_new, 0.0)
+
+        h, outputs = scan_steps(gru_step, h0, steps)
+        state = h[None]
+    outputs = outputs.transpose(0, 1)  # (B, L, h), in reading order
     slots = order[..., None].expand_as(outputs)  # (B, L, h)
     return torch.zeros_like(outputs).scatter(1, slots, outputs), state  # (B, L, h)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from prm.data.batch import ListInputs
 from prm.models.base import Reranker
-from prm.rankers.common import input_size, item_inputs, mask_padding, mlp
+from prm.rankers.common import input_size, item_inputs, mask_padding, mlp, slots_in_order
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,10 @@ class GSF(Reranker):
         m = self.config.group_size
         if self.training:
             keys = torch.rand(batch_size, self.config.n_shuffles, length, device=mask.device)
-        else:
-            keys = inputs.positions[:, None, :].float()  # (B, 1, L): the initial ranking
-        keys = keys.masked_fill(~mask[:, None, :], float("inf"))  # (B, P, L)
-        order = keys.argsort(dim=-1, stable=True)  # (B, P, L): real items first
+            keys = keys.masked_fill(~mask[:, None, :], float("inf"))  # (B, P, L)
+            order = keys.argsort(dim=-1)  # (B, P, L): real items first, in random order
+        else:  # the initial ranking, ties to the first slot (no stable sort: ONNX has none)
+            order = slots_in_order(inputs.positions, mask)[:, None, :]  # (B, 1, L)
         n_orderings = order.shape[1]
         n_real = mask.sum(dim=-1)  # (B,)
         ranks = torch.arange(length, device=mask.device)  # (L,)

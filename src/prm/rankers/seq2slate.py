@@ -32,8 +32,17 @@ from torch import Tensor, nn
 
 from prm.data.batch import ListBatch, ListInputs
 from prm.models.base import Loss, Reranker
-from prm.rankers.common import input_size, item_inputs, mask_padding, run_in_initial_order
+from prm.rankers.common import (
+    input_size,
+    item_inputs,
+    mask_padding,
+    run_in_initial_order,
+    scan_steps,
+)
 from prm.training.losses import masked_log_softmax, masked_mean
+
+# The decoder's state between steps: LSTM (h, c), the (B, L) items not yet placed, next input.
+DecoderCarry = tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 @dataclass(frozen=True)
@@ -71,12 +80,21 @@ class Seq2Slate(Reranker):
         self.pointer = Pointer(d)
 
     def forward(self, inputs: ListInputs) -> Tensor:
-        """(B, L) scores -j for the item placed at step j (0 first), -inf at padded slots."""
-        slots = torch.arange(inputs.mask.shape[-1], device=inputs.mask.device)  # (L,)
-        scores = torch.zeros(inputs.mask.shape, device=inputs.mask.device)  # (B, L)
-        for step, (_, available, pick) in enumerate(self._greedy_steps(inputs)):
-            placed = available & (slots == pick[:, None])  # (B, L)
-            scores = scores.masked_fill(placed, -float(step))
+        """(B, L) scores -j for the item placed at step j (0 first), -inf at padded slots.
+
+        The decoding runs through :func:`~prm.rankers.common.scan_steps`, so it exports as one
+        loop over the list, whatever its length.
+        """
+        x, keys, start = self._start(inputs)
+
+        def step(carry: DecoderCarry, _: Tensor) -> tuple[DecoderCarry, Tensor]:
+            carry, _, available, pick = self._decode(x, keys, carry)
+            return carry, available & (slots == pick[:, None])  # (B, L): the item placed
+
+        slots = torch.arange(x.shape[1], device=x.device)  # (L,)
+        _, placed = scan_steps(step, start, slots)  # (L, B, L): step, list, slot
+        steps = slots.to(x.dtype)[:, None, None]  # (L, 1, 1)
+        scores = -(placed.to(x.dtype) * steps).sum(dim=0)  # (B, L)
         return mask_padding(scores, inputs.mask)
 
     def click_logits(self, inputs: ListInputs) -> Tensor:
@@ -104,18 +122,30 @@ class Seq2Slate(Reranker):
         """Greedy decoding, one step per slot: yields the (B, L) pointer logits, the (B, L) mask of
         items still available to point at, and the (B,) slot picked (meaningless once a list has
         no item left)."""
+        x, keys, carry = self._start(inputs)
+        for _ in range(x.shape[1]):
+            carry, logits, available, pick = self._decode(x, keys, carry)
+            yield logits, available, pick
+
+    def _start(self, inputs: ListInputs) -> tuple[Tensor, Tensor, DecoderCarry]:
+        """The (B, L, d) embedded items, their (B, L, d) pointer keys W_e e_i, and the decoder's
+        first carry: the encoder's final state, every real item available, the "go" input."""
         x = self.embed(item_inputs(inputs, self.config.use_pv))  # (B, L, d)
         encoded, (h, c) = run_in_initial_order(self.encoder, x, inputs)  # (B, L, d)
         keys = self.pointer.keys(encoded)  # (B, L, d)
-        rows = torch.arange(x.shape[0], device=x.device)  # (B,)
+        step_input = self.go.expand(x.shape[0], -1).contiguous()  # (B, d)
+        return x, keys, (h[-1], c[-1], inputs.mask, step_input)
+
+    def _decode(
+        self, x: Tensor, keys: Tensor, carry: DecoderCarry
+    ) -> tuple[DecoderCarry, Tensor, Tensor, Tensor]:
+        """One greedy step: the next carry, the (B, L) pointer logits, the (B, L) items that were
+        available to them and the (B,) slot picked."""
+        h, c, available, step_input = carry
+        h, c = self.decoder(step_input, (h, c))  # 2 x (B, d)
+        logits = self.pointer(keys, h)  # (B, L)
+        pick = logits.detach().masked_fill(~available, float("-inf")).argmax(dim=-1)  # (B,)
         slots = torch.arange(x.shape[1], device=x.device)  # (L,)
-        state = (h[-1], c[-1])  # 2 x (B, d)
-        available = inputs.mask
-        step_input = self.go.expand(x.shape[0], -1)  # (B, d)
-        for _ in range(x.shape[1]):
-            state = self.decoder(step_input, state)
-            logits = self.pointer(keys, state[0])  # (B, L)
-            pick = logits.detach().masked_fill(~available, float("-inf")).argmax(dim=-1)  # (B,)
-            yield logits, available, pick
-            available = available & (slots != pick[:, None])  # (B, L)
-            step_input = x[rows, pick]  # (B, d)
+        index = pick[:, None, None].expand(-1, 1, x.shape[-1])  # (B, 1, d)
+        next_input = x.gather(1, index).squeeze(1)  # (B, d): the item just placed
+        return (h, c, available & (slots != pick[:, None]), next_input), logits, available, pick

@@ -46,9 +46,10 @@ from prm.training.trainer import CHECKPOINT
 
 PARITY_TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| score at a real slot
 DEFAULT_MAX_LIST_LENGTH = 1024  # for re-rankers without a position table
-# Re-rankers whose ranking is a search with one step per rank: a graph with a dynamic list
-# length cannot hold that loop, so they are refused by name before anything is written.
-NOT_EXPORTABLE = {"generator_evaluator": "its beam search takes one step per rank of the list"}
+# Re-rankers that `prm export` refuses by name, before anything is written: kind -> reason.
+# Every registered kind exports today: the recurrences (DLCM, Seq2Slate, the evaluator-generator's
+# beam search) run as ONNX Scan loops over the list, so the graphs keep a dynamic list length.
+NOT_EXPORTABLE: dict[str, str] = {}
 
 
 def _export(
@@ -60,9 +61,11 @@ def _export(
     output: str,
 ) -> None:
     """torch.onnx.export (dynamo) into one self-contained file, without its progress chatter."""
-    noisy = logging.getLogger("torch.onnx")
-    level = noisy.level
-    noisy.setLevel(logging.ERROR)
+    # torch.export logs harmless errors while it traces a scan; the ONNX exporter chats.
+    noisy = {name: logging.getLogger(name) for name in ("torch.onnx", "torch.export")}
+    levels = {name: logger.level for name, logger in noisy.items()}
+    noisy["torch.onnx"].setLevel(logging.ERROR)
+    noisy["torch.export"].setLevel(logging.CRITICAL)
     try:
         # no_grad: a graph that only infers, and the recurrences' scan (a PyTorch prototype)
         # exports only without autograd.
@@ -83,7 +86,8 @@ def _export(
                 dynamic_shapes=dict(zip(names, dims, strict=True)),
             )
     finally:
-        noisy.setLevel(level)
+        for name, logger in noisy.items():
+            logger.setLevel(levels[name])
 
 
 def export_score_graph(
@@ -178,7 +182,7 @@ def export_bundle(
         raise BundleError(
             f"{run_dir}: a {spec.kind} re-ranker does not export to ONNX "
             f"({NOT_EXPORTABLE[spec.kind]}); rank with it from Python (prm.pipeline."
-            "load_reranker) or export a PRM trained with it as evaluator"
+            "load_reranker)"
         )
     reranker = load_reranker(run_dir)
     if not ctr_path.is_file():
