@@ -49,16 +49,15 @@ from prm.evaluation.offpolicy import (
 from prm.evaluation.report import markdown_table
 from prm.io import write_json
 from prm.pipeline import (
-    CTR_MODEL,
     EVALUATOR,
-    attach_pv,
     ctr_sort_scores,
     demo_splits,
     load_reranker,
     machine,
     train_reranker,
 )
-from prm.pretrain.ctr import compute_pv, load_ctr
+from prm.pretrain.ctr import load_ctr
+from prm.pretrain.training import CTR_MODEL, attach_pv, compute_pv
 from prm.training.checkpoint import load_checkpoint
 from prm.training.trainer import CHECKPOINT
 

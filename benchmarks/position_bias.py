@@ -41,7 +41,7 @@ from prm.data.loaders import ListData, load_list_data
 from prm.data.simulator import ClickModel, load_click_model, simulate
 from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
 from prm.evaluation.report import markdown_table
-from prm.pipeline import attach_pv, pretrain
+from prm.pretrain.training import attach_pv, pretrain
 from prm.registry import ModelSpec
 from prm.training.trainer import fit_reranker
 

@@ -31,7 +31,8 @@ from prm.data.simulator import load_click_model
 from prm.evaluation.estimate import EstimatedClicks
 from prm.evaluation.evaluate import score_lists
 from prm.evaluation.report import markdown_table
-from prm.pipeline import EVALUATOR, attach_pv, load_reranker
+from prm.pipeline import EVALUATOR, load_reranker
+from prm.pretrain.training import attach_pv
 from prm.registry import ModelSpec
 from prm.training.trainer import fit_reranker
 

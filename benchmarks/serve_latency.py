@@ -35,7 +35,8 @@ import torch
 from prm.config import ExperimentConfig
 from prm.data.loaders import load_list_data
 from prm.data.simulator import simulate
-from prm.pipeline import CTR_MODEL, attach_pv, pretrain, train_reranker
+from prm.pipeline import train_reranker
+from prm.pretrain.training import CTR_MODEL, attach_pv, pretrain
 from prm.serving.export import export_bundle
 from prm.serving.predictor import Predictor, load_predictor
 

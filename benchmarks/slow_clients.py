@@ -58,7 +58,8 @@ def build_bundle(out: Path) -> Path:
     from prm.config import load_config
     from prm.data.loaders import load_list_data
     from prm.data.simulator import simulate
-    from prm.pipeline import CTR_MODEL, attach_pv, pretrain, train_reranker
+    from prm.pipeline import train_reranker
+    from prm.pretrain.training import CTR_MODEL, attach_pv, pretrain
     from prm.serving.export import export_bundle
 
     config = load_config(ROOT / "configs" / "tiny.yaml")

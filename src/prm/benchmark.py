@@ -73,7 +73,8 @@ from prm.evaluation.metrics import lists_with_click
 from prm.evaluation.report import markdown_table, p_value_cell
 from prm.evaluation.significance import mean_std
 from prm.io import atomic_path, write_json
-from prm.pipeline import attach_pv, machine, pairwise_tests, pretrain
+from prm.pipeline import machine, pairwise_tests
+from prm.pretrain.training import REPORT, attach_pv, pretrain
 from prm.rankers.dlcm import DLCMConfig
 from prm.rankers.gsf import GSFConfig
 from prm.rankers.initial_lists import fit_ranker, initial_lists, letor_reranking_data, make_ranker
@@ -486,7 +487,7 @@ def with_pv(
         json.dumps([to_dict(pretrain_config), [len(d) for d in data.splits.values()]]).encode()
     ).hexdigest()[:12]
     folder = work_dir / "pretrain" / f"{pretrain_config.model}-seed{pretrain_config.seed}-{digest}"
-    if not (resume and (folder / "pretrain_metrics.json").is_file()):
+    if not (resume and (folder / REPORT).is_file()):
         pretrain(ExperimentConfig(pretrain=pretrain_config), data, folder, progress=False)
     return attach_pv(data, folder).splits
 

@@ -38,14 +38,13 @@ from prm.io import atomic_path, write_json
 from prm.models.evaluator import ContextClickModel
 from prm.pipeline import (
     EVALUATOR,
-    attach_pv,
     demo_splits,
     load_reranker,
     machine,
-    pretrain,
     train_evaluator,
     train_reranker,
 )
+from prm.pretrain.training import attach_pv, pretrain
 
 TRUSTED_ESTIMATE = "dr_rank"  # docs/offpolicy.md: the estimator the benchmark supports
 
@@ -80,8 +79,7 @@ def _round_one(
     data_dir = base / "data"
     simulate(config.simulator, data_dir, progress=progress)
     data = load_list_data(data_dir, splits=demo_splits(data_dir))
-    pretrain(config, data, base / "pretrain", progress=progress)
-    data = attach_pv(data, base / "pretrain")
+    data = pretrain(config, data, base / "pretrain", progress=progress).attach(data)
     return (data, data_dir, *_train_round(config, data, base, seed, progress))
 
 

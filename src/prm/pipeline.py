@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from prm.config import ExperimentConfig, PRMConfig, to_dict
-from prm.data.batch import ListDataset, concat_lists, same_topic_above
+from prm.data.batch import ListDataset, concat_lists
 from prm.data.examination import EXPLORE
 from prm.data.loaders import ListData, load_list_data
 from prm.data.shards import lists_source
@@ -33,76 +33,16 @@ from prm.evaluation.evaluate import (
 )
 from prm.evaluation.metrics import lists_with_click
 from prm.evaluation.significance import mean_std, paired_test
-from prm.io import atomic_path, write_json
+from prm.io import write_json
 from prm.models.evaluator import ContextClickModel
-from prm.pretrain.ctr import (
-    Impressions,
-    compute_pv,
-    load_ctr,
-    save_ctr,
-    train_ctr,
-)
+from prm.pretrain.ctr import load_ctr
+from prm.pretrain.training import CTR_MODEL, pretrain
 from prm.rankers.evaluator_generator import GeneratorEvaluator
 from prm.registry import ModelSpec
 from prm.training.checkpoint import load_checkpoint
 from prm.training.trainer import CHECKPOINT, fit_reranker
 
-CTR_MODEL = "ctr_model.pt"
 EVALUATOR = "generator_evaluator"  # the registered kind and the demo's row name
-
-
-def impressions(dataset: ListDataset, item_topic: np.ndarray) -> Impressions:
-    """Every real (user, item, click) of a split, the pre-training examples, with the rank and
-    the same-topic items above it in the logged list."""
-    users = np.broadcast_to(dataset.user_ids[:, None], dataset.mask.shape)
-    context = same_topic_above(item_topic[dataset.item_ids], dataset.mask)
-    return Impressions(
-        user_ids=users[dataset.mask],
-        item_ids=dataset.item_ids[dataset.mask],
-        clicks=dataset.labels[dataset.mask],
-        positions=dataset.positions[dataset.mask],
-        same_topic_above=context[dataset.mask],
-    )
-
-
-def pretrain(
-    config: ExperimentConfig, data: ListData, out_dir: str | Path, progress: bool = True
-) -> dict:
-    """Train the CTR model on the training lists, then cache PV of every list of every split."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model, history = train_ctr(
-        config.pretrain,
-        data.catalog,
-        impressions(data.splits["train"], data.items.topic),
-        impressions(data.splits["valid"], data.items.topic),
-        progress=progress,
-        examination=data.examination,
-    )
-    save_ctr(model, config.pretrain, out_dir / CTR_MODEL)
-    for split, dataset in data.splits.items():
-        pv = compute_pv(model, dataset.user_ids, dataset.item_ids, dataset.mask)
-        with atomic_path(out_dir / f"pv_{split}.npy") as tmp, open(tmp, "wb") as handle:
-            np.save(handle, pv)
-    report = {"model": config.pretrain.model, "d_pv": model.d_pv, "history": history}
-    write_json(out_dir / "pretrain_metrics.json", report)
-    return report
-
-
-def attach_pv(data: ListData, pretrain_dir: str | Path) -> ListData:
-    """The same data with each split's cached PV (from :func:`pretrain`)."""
-    splits = {}
-    for split, dataset in data.splits.items():
-        path = Path(pretrain_dir) / f"pv_{split}.npy"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: PV cache not found; run `prm pretrain` first")
-        pv = np.load(path)
-        if pv.shape[:2] != dataset.mask.shape:
-            raise ValueError(
-                f"{path}: PV of shape {pv.shape} does not match lists {dataset.mask.shape}"
-            )
-        splits[split] = dataset.with_pv(pv)
-    return replace(data, splits=splits)
 
 
 def load_reranker(run_dir: str | Path) -> torch.nn.Module:
@@ -302,8 +242,7 @@ def fit_demo(
     timings: dict[str, float] = {}
     step = time.perf_counter()
     data = load_list_data(data_dir, splits=demo_splits(data_dir))
-    pretrain(config, data, out_dir / "pretrain", progress=progress)
-    data = attach_pv(data, out_dir / "pretrain")
+    data = pretrain(config, data, out_dir / "pretrain", progress=progress).attach(data)
     timings["pretrain"] = time.perf_counter() - step
 
     step = time.perf_counter()

@@ -10,20 +10,10 @@ import pytest
 import torch
 
 from prm.config import PretrainConfig
-from prm.pretrain.ctr import (
-    BASE_FIELDS as N_FIELDS,
-)
-from prm.pretrain.ctr import (
-    Catalog,
-    Impressions,
-    build_ctr_model,
-    compute_pv,
-    evaluate_ctr,
-    load_ctr,
-    roc_auc,
-    save_ctr,
-    train_ctr,
-)
+from prm.evaluation.metrics import roc_auc
+from prm.pretrain.ctr import BASE_FIELDS as N_FIELDS
+from prm.pretrain.ctr import Catalog, build_ctr_model, load_ctr, save_ctr
+from prm.pretrain.training import Impressions, compute_pv, evaluate_ctr, train_ctr
 
 MODELS = ["fm", "deepfm", "dcn", "fnn"]
 CONFIG = PretrainConfig(

@@ -10,7 +10,8 @@ import pytest
 from prm.cli.main import main
 from prm.config import ExperimentConfig
 from prm.data.loaders import load_list_data
-from prm.pipeline import CTR_MODEL, attach_pv, pretrain, train_reranker
+from prm.pipeline import train_reranker
+from prm.pretrain.training import CTR_MODEL, attach_pv, pretrain
 from prm.serving.predictor import Predictor, load_predictor
 
 

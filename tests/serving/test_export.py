@@ -18,8 +18,9 @@ from prm.data.loaders import load_list_data
 from prm.data.tables import Catalog
 from prm.evaluation.evaluate import score_lists
 from prm.models.prm import PRM
-from prm.pipeline import attach_pv, load_reranker
+from prm.pipeline import load_reranker
 from prm.pretrain.ctr import build_ctr_model, load_ctr, save_ctr
+from prm.pretrain.training import attach_pv
 from prm.serving.bundle import MANIFEST, PV_ONNX
 from prm.serving.export import PARITY_TOLERANCE, export_score_graph
 from prm.serving.predictor import Predictor

@@ -7,15 +7,8 @@ import math
 import pytest
 import torch
 
-from prm.training.losses import (
-    LOSSES,
-    Loss,
-    approx_ndcg,
-    list_mle,
-    masked_log_softmax,
-    masked_mean,
-    softmax_cross_entropy,
-)
+from prm.models.layers import masked_log_softmax, masked_mean
+from prm.training.losses import LOSSES, Loss, approx_ndcg, list_mle, softmax_cross_entropy
 
 ALL_LOSSES = pytest.mark.parametrize("loss", list(LOSSES.values()), ids=list(LOSSES))
 MINUS_INF = float("-inf")

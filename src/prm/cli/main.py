@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from prm import __version__
-from prm.cli import benchmark, serving
+from prm.cli import benchmark, checks, serving
 from prm.config import ConfigError, ExperimentConfig, PRMConfig, load_config
 from prm.data.tables import DataError
 
@@ -58,20 +58,29 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from prm.data.loaders import load_list_data
-    from prm.pipeline import demo_splits, pretrain
+    from prm.pipeline import demo_splits
+    from prm.pretrain.training import pretrain
 
+    config = _config(args)
     data = load_list_data(args.data, splits=demo_splits(args.data))
-    report = pretrain(_config(args), data, args.out, progress=not args.quiet)
-    print(json.dumps(report["history"][-1], indent=2))
+    checks.check_lists(config, data, args.data, ("pretrain",), clicked=("train",))
+    pretrained = pretrain(config, data, args.out, progress=not args.quiet)
+    checks.check_pretrained(pretrained.report, Path(args.out), list(data.splits))
+    print(json.dumps(pretrained.report["history"][-1], indent=2))
     print(f"wrote the CTR model and PV caches to {args.out}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from prm.training.distributed import backend_for, launch
 
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
     config = _config(args)
     overrides = {"device": args.device, "precision": args.precision, "compile": args.compile}
-    train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as error:  # a flag's value, checked as the config's
+        raise ConfigError(f"train.{error} (--device/--precision)") from None
     config = replace(config, train=train)
     if args.model == "prm_base":
         args.model, args.base = "prm", True
@@ -126,15 +135,20 @@ def _train(
     from prm.data.shards import lists_source
     from prm.data.streaming import ListStream
     from prm.evaluation.estimate import EstimatedClicks
-    from prm.pipeline import attach_pv, load_reranker, train_evaluator, train_reranker
+    from prm.pipeline import load_reranker, train_evaluator, train_reranker
     from prm.training.distributed import rank
 
     splits = ("valid",) if args.stream else ("train", "valid")
     if args.model == "generator_evaluator" and lists_source(args.data, EXPLORE).exists():
         splits = (*splits, EXPLORE)
     data = load_list_data(args.data, splits=splits)
+    if args.model == "generator_evaluator":
+        checks.check_lists(config, data, args.data, ("evaluator",))
+    else:
+        sections = ("model",) if model_config is not None else ()
+        checks.check_lists(config, data, args.data, sections, clicked=("train", "valid"))
     if args.pv and (model_config is None or model_config.use_pv):
-        data = attach_pv(data, args.pv)
+        data = checks.attach_checked_pv(data, args.pv)
     if args.stream:
         stream = ListStream(
             lists_source(args.data, "train"),
@@ -178,14 +192,24 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from prm.data.simulator import load_click_model
     from prm.evaluation.evaluate import evaluate_scores, expected_clicks, score_lists
     from prm.io import write_json
-    from prm.pipeline import attach_pv, load_reranker
 
     config = _config(args)
-    model = load_reranker(args.run)
+    model, spec = checks.load_run(args.run)
+    if spec.uses_pv and not args.pv:
+        raise ConfigError(
+            f"--run {args.run}: the model was trained with PV (d_pv {spec.d_pv}); pass --pv "
+            "DIR, the `prm pretrain` folder it was trained with"
+        )
     data = load_list_data(args.data, splits=(args.split,))
-    if args.pv:
-        data = attach_pv(data, args.pv)
+    checks.check_lists(config, data, args.data, (), clicked=(args.split,))
+    if args.pv and spec.uses_pv:
+        data = checks.attach_checked_pv(data, args.pv, spec.d_pv)
     dataset = data.splits[args.split]
+    if dataset.d_feature != spec.d_feature:
+        raise DataError(
+            f"{args.data}: items have {dataset.d_feature} features, the model of --run "
+            f"{args.run} was trained on {spec.d_feature}"
+        )
     scores = score_lists(model, dataset)
     metrics = evaluate_scores(scores, dataset, config.evaluate)
     has_truth = (Path(args.data) / "truth").is_dir()
@@ -222,7 +246,8 @@ def _offpolicy_report(args: argparse.Namespace, model, has_truth: bool) -> dict:
         fit_position_based,
         offpolicy_report,
     )
-    from prm.pipeline import attach_pv, load_reranker
+    from prm.pipeline import load_reranker
+    from prm.pretrain.training import attach_pv
 
     if args.bootstrap < 1:
         raise ConfigError(f"--bootstrap must be >= 1, got {args.bootstrap}")
@@ -253,7 +278,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from prm.evaluation.report import results_table, tests_table
     from prm.pipeline import demo
 
-    results = demo(_config(args), args.out, progress=not args.quiet)
+    config = _config(args)
+    config.check_list_length(config.simulator.list_length, "the simulated data")
+    results = demo(config, args.out, progress=not args.quiet)
     print()
     print(results_table(results))
     print()
@@ -273,8 +300,10 @@ def cmd_loop(args: argparse.Namespace) -> None:
 
     if args.rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
+    config = _config(args)
+    config.check_list_length(config.simulator.list_length, "the simulated data")
     report = retraining_loop(
-        _config(args), args.out, args.rounds, demo_dir=args.from_demo, progress=not args.quiet
+        config, args.out, args.rounds, demo_dir=args.from_demo, progress=not args.quiet
     )
     print()
     print(loop_table(report))
@@ -410,9 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    created: list[Path] = []
     try:
+        created = checks.new_outputs(args)  # refuses an --out of the wrong kind
         args.handler(args)
     except (ConfigError, DataError, FileNotFoundError) as error:
+        checks.remove_empty(created)  # a failed command leaves no folder behind
         print(f"prm {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+from scipy.stats import rankdata
 
 MapConvention = Literal["prm", "trec"]
 
@@ -213,3 +214,18 @@ def summarize(per_list: dict[str, np.ndarray], lists: np.ndarray) -> dict[str, f
             raise ValueError(f"{name} has shape {np.shape(values)}, lists has {lists.shape}")
         out[name] = float(_safe_divide(np.where(lists, values, 0.0).sum(), count))
     return out
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve as the Mann–Whitney U statistic, (N,), (N,) -> scalar.
+
+    AUC = (Σ_{positives} rank − P (P + 1) / 2) / (P Q) for P positives and Q negatives, with
+    average ranks, so a positive-negative tie counts 1/2. NaN when either class is absent.
+    """
+    positive = np.asarray(labels) > 0
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -45,8 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prm.data.batch import ListBatch, ListInputs, slots_by_rank
-from prm.models.layers import topic_counts
-from prm.rankers.common import scan_steps
+from prm.models.layers import scan_steps, topic_counts
 
 # Adam moves each weight by about the learning rate per step, and one rank's examination gets
 # one weight; scaled by this factor it moves as fast as the appeal's many weights together

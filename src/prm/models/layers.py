@@ -8,11 +8,75 @@ Shapes: ``B`` lists, ``L`` slots per list, ``d`` = ``d_model``, ``h`` heads of `
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def masked_mean(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of ``values`` where ``mask`` (covering its leading dims) is True: over everything,
+    or along ``dim``; 0 where the mask is True nowhere, never NaN. Entries outside the mask are
+    dropped with ``torch.where``, so a NaN or inf there is ignored."""
+    mask = mask.reshape(mask.shape + (1,) * (values.dim() - mask.dim()))
+    kept = torch.where(mask, values, torch.zeros_like(values))
+    if dim is None:
+        return kept.sum() / mask.sum().clamp(min=1)
+    return kept.sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_log_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    """(B, L) log softmax over the real items of each list; 0 (not -inf) at padded slots.
+
+    Padded slots enter the softmax at the lowest finite logit, so they weigh nothing and a list
+    with no real item stays finite; returning 0 there keeps ``labels * log_probs`` finite.
+    """
+    logits = torch.where(mask, scores, torch.finfo(scores.dtype).min)  # (B, L)
+    return torch.where(mask, logits.log_softmax(dim=-1), 0.0)  # (B, L)
+
+
+def mlp(
+    d_in: int, hidden: tuple[int, ...], d_out: int | None = None, dropout: float | None = None
+) -> nn.Sequential:
+    """Linear -> ReLU (-> Dropout, when ``dropout`` is given) for each hidden width, then a
+    linear output layer to ``d_out`` units when given."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(d_in, width), nn.ReLU()]
+        if dropout is not None:
+            layers.append(nn.Dropout(dropout))
+        d_in = width
+    if d_out is not None:
+        layers.append(nn.Linear(d_in, d_out))
+    return nn.Sequential(*layers)
+
+
+def scan_steps(step: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any) -> tuple[Any, Any]:
+    """Run ``carry, y_t = step(carry, x_t)`` over dim 0 of every tensor in ``xs`` (a tensor or a
+    tuple of them); returns the final carry and the y_t stacked along a new dim 0.
+
+    Eager PyTorch runs a Python loop. Under ``torch.export`` a loop would be unrolled for the
+    example's length, so torch's ``scan`` is used instead: ONNX writes it as one ``Scan`` node,
+    and the exported graph takes lists of any length. ``step`` must not return its inputs
+    unchanged (``scan`` rejects aliased outputs; a ``torch.where`` is a new tensor).
+    """
+    if torch.compiler.is_exporting():
+        from torch._higher_order_ops.scan import scan
+
+        with torch.no_grad():  # an exported graph only infers; scan's autograd is a prototype
+            return scan(step, carry, xs)
+    length = (xs[0] if isinstance(xs, tuple) else xs).shape[0]
+    ys = []
+    for t in range(length):
+        x_t = tuple(x[t] for x in xs) if isinstance(xs, tuple) else xs[t]
+        carry, y = step(carry, x_t)
+        ys.append(y)
+    if isinstance(ys[0], tuple):
+        return carry, tuple(torch.stack(parts) for parts in zip(*ys, strict=True))
+    return carry, torch.stack(ys)
 
 
 def attendable_keys(mask: Tensor) -> Tensor:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -40,39 +39,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 from torch import nn
-from tqdm import tqdm
 
 from prm.config import PretrainConfig, from_dict, to_dict
-from prm.data.examination import require_examination
 from prm.data.tables import Catalog
-from prm.models.layers import PositionBias
+from prm.models.layers import masked_mean, mlp
 
 BASE_FIELDS = 4  # profile, history, item_id, item_dense; topic_affinity is a fifth
-
-
-@dataclass(frozen=True)
-class Impressions:
-    """Logged impressions, one (user, item, click) triple per shown item."""
-
-    user_ids: np.ndarray  # (N,) int64
-    item_ids: np.ndarray  # (N,) int64
-    clicks: np.ndarray  # (N,) float32 in {0, 1}
-    positions: np.ndarray | None = None  # (N,) int64 shown rank, for the position-bias tower
-    # (N,) items of the same topic shown above it, for PretrainConfig.list_context
-    same_topic_above: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        shapes = {self.user_ids.shape, self.item_ids.shape, self.clicks.shape}
-        for optional in (self.positions, self.same_topic_above):
-            if optional is not None:
-                shapes.add(optional.shape)
-        if len(shapes) != 1 or len(self.user_ids.shape) != 1:
-            raise ValueError(f"Impressions: expected equal 1-D arrays, got shapes {shapes}")
-
-    def __len__(self) -> int:
-        return self.user_ids.shape[0]
 
 
 class Inputs(NamedTuple):
@@ -159,12 +132,6 @@ class TableLookup(nn.Module):
         return torch.log((matches + 1.0) / (clicks + self.n_topics))
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` (B, H, d) over the True slots of ``mask`` (B, H); zeros if none."""
-    weights = mask.to(values.dtype).unsqueeze(-1)  # (B, H, 1)
-    return (values * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, d)
-
-
 class FieldEmbedding(nn.Module):
     """The fields every model sees, each a ``dim`` vector; ``dim=1`` gives FM's weights."""
 
@@ -191,7 +158,9 @@ class FieldEmbedding(nn.Module):
             # A history item is embedded like a candidate (id + features), so the pooled
             # history carries the user's topic mix even for rarely seen item ids.
             masked_mean(
-                self.item_id(x.history) + self.item_dense(x.history_features), x.history_mask
+                self.item_id(x.history) + self.item_dense(x.history_features),
+                x.history_mask,
+                dim=1,
             ),  # (B, H, dim) -> (B, dim)
             self.item_id(x.item_ids),  # (B, dim)
             self.item_dense(x.item_features),  # (B, dim)
@@ -209,15 +178,6 @@ def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
     return 0.5 * (fields.sum(1).square() - fields.square().sum(1))
 
 
-def mlp(d_in: int, hidden_dims: tuple[int, ...]) -> nn.Sequential:
-    """Linear + ReLU layers of widths ``hidden_dims``."""
-    layers: list[nn.Module] = []
-    for d_out in hidden_dims:
-        layers += [nn.Linear(d_in, d_out), nn.ReLU()]
-        d_in = d_out
-    return nn.Sequential(*layers)
-
-
 class CrossNetwork(nn.Module):
     """DCN's cross layers, x_{l+1} = x_0 (x_l · w_l) + b_l + x_l: explicit crosses of degree l+1."""
 
@@ -233,7 +193,7 @@ class CrossNetwork(nn.Module):
         return x
 
 
-class OutputLayer(nn.Module):
+class LogitLayer(nn.Module):
     """The input of the final sigmoid: bias + Σ hidden[:n_fixed] + w · hidden[n_fixed:].
 
     The first ``n_fixed`` coordinates (FM's terms) enter with weight 1, as in the FM and DeepFM
@@ -268,7 +228,7 @@ class CTRModel(nn.Module):
     """(user, item) -> PV = ``hidden`` -> click logit = ``output(PV)`` (less the saturation
     times the same-topic items above, when trained with list context)."""
 
-    output: OutputLayer
+    output: LogitLayer
 
     def __init__(self, tables: Catalog, embedding_dim: int, options: FieldOptions) -> None:
         super().__init__()
@@ -344,7 +304,7 @@ class FM(CTRModel):
         self.first_order = FieldEmbedding(
             self.tables.shapes(), 1, options.topic_affinity, options.item_ids
         )
-        self.output = OutputLayer(self.n_fields + embedding_dim, 0)
+        self.output = LogitLayer(self.n_fields + embedding_dim, 0)
 
     def hidden_from_fields(self, x: Inputs, fields: torch.Tensor) -> torch.Tensor:
         first = self.first_order(x).squeeze(-1)  # (B, F, 1) -> (B, F)
@@ -371,7 +331,7 @@ class DeepFM(CTRModel):
             self.tables.shapes(), 1, options.topic_affinity, options.item_ids
         )
         self.dnn = mlp(self.n_fields * embedding_dim, hidden_dims)
-        self.output = OutputLayer(self.n_fields + embedding_dim, hidden_dims[-1])
+        self.output = LogitLayer(self.n_fields + embedding_dim, hidden_dims[-1])
 
     def hidden_from_fields(self, x: Inputs, fields: torch.Tensor) -> torch.Tensor:
         first = self.first_order(x).squeeze(-1)  # (B, F, 1) -> (B, F)
@@ -398,7 +358,7 @@ class DCN(CTRModel):
         d_x0 = self.n_fields * embedding_dim
         self.cross = CrossNetwork(d_x0, cross_layers)
         self.dnn = mlp(d_x0, hidden_dims)
-        self.output = OutputLayer(0, d_x0 + hidden_dims[-1])
+        self.output = LogitLayer(0, d_x0 + hidden_dims[-1])
 
     def hidden_from_fields(self, x: Inputs, fields: torch.Tensor) -> torch.Tensor:
         x0 = fields.flatten(1)  # (B, F, k) -> (B, F * k)
@@ -422,7 +382,7 @@ class FNN(CTRModel):
     ) -> None:
         super().__init__(tables, embedding_dim, options)
         self.dnn = mlp(self.n_fields * embedding_dim, hidden_dims)
-        self.output = OutputLayer(0, hidden_dims[-1])
+        self.output = LogitLayer(0, hidden_dims[-1])
 
     def hidden_from_fields(self, x: Inputs, fields: torch.Tensor) -> torch.Tensor:
         return self.dnn(fields.flatten(1))  # (B, F * k) -> (B, h)
@@ -442,167 +402,6 @@ def build_ctr_model(config: PretrainConfig, tables: Catalog) -> CTRModel:
         case "fnn":
             return FNN(tables, k, options, dims)
     raise ValueError(f"unknown CTR model {config.model!r}")
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve as the Mann–Whitney U statistic, (N,), (N,) -> scalar.
-
-    AUC = (Σ_{positives} rank − P (P + 1) / 2) / (P Q) for P positives and Q negatives, with
-    average ranks, so a positive-negative tie counts 1/2. NaN when either class is absent.
-    """
-    positive = np.asarray(labels) > 0
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _tensors(data: Impressions) -> tuple[torch.Tensor, ...]:
-    positions = np.zeros_like(data.user_ids) if data.positions is None else data.positions
-    same = data.same_topic_above
-    return (
-        torch.as_tensor(data.user_ids, dtype=torch.int64),
-        torch.as_tensor(data.item_ids, dtype=torch.int64),
-        torch.as_tensor(data.clicks, dtype=torch.float32),
-        torch.as_tensor(positions, dtype=torch.int64),
-        torch.as_tensor(np.zeros(len(data)) if same is None else same, dtype=torch.float32),
-    )
-
-
-@torch.no_grad()
-def evaluate_ctr(
-    model: CTRModel,
-    data: Impressions,
-    batch_size: int = 16_384,
-    position_bias: PositionBias | None = None,
-) -> dict[str, float]:
-    """Log loss and AUC of the click predictions on ``data`` (with the tower, if given)."""
-    users, items, clicks, positions, same = _tensors(data)
-    logits = torch.cat(
-        [
-            _click_logits(model, position_bias, u, i, p, n)
-            for u, i, p, n in zip(
-                users.split(batch_size),
-                items.split(batch_size),
-                positions.split(batch_size),
-                same.split(batch_size),
-                strict=True,
-            )
-        ]
-    )
-    return {
-        "log_loss": F.binary_cross_entropy_with_logits(logits, clicks).item(),
-        "auc": roc_auc(logits.numpy(), clicks.numpy()),
-    }
-
-
-def _click_logits(
-    model: CTRModel,
-    position_bias: PositionBias | None,
-    users: torch.Tensor,
-    items: torch.Tensor,
-    positions: torch.Tensor,
-    same_topic_above: torch.Tensor,
-) -> torch.Tensor:
-    """The CTR model's logits in the logged list (its list context and, with the tower, the
-    offsets of the shown ranks)."""
-    logits = model.click_logit(model.hidden(users, items), same_topic_above)
-    return logits if position_bias is None else logits + position_bias(positions)
-
-
-def train_ctr(
-    config: PretrainConfig,
-    tables: Catalog,
-    train: Impressions,
-    valid: Impressions,
-    progress: bool = True,
-    examination: np.ndarray | None = None,
-) -> tuple[CTRModel, list[dict[str, float]]]:
-    """Fit a CTR model with Adam and log loss; return the epoch best on validation log loss.
-
-    Initialisation and batch order depend on ``config.seed`` alone (the global RNG is left
-    untouched). The history holds one record per epoch. With ``config.position_bias`` set to
-    "exploration", the tower is fixed at log ``examination`` (per rank, measured on randomized
-    lists: :mod:`prm.data.examination`).
-    """
-    if config.position_bias_tower and train.positions is None:
-        raise ValueError("position_bias_tower needs Impressions.positions")
-    if config.list_context and train.same_topic_above is None:
-        raise ValueError("list_context needs Impressions.same_topic_above")
-    fixed_tower = config.position_bias_tower and config.position_bias == "exploration"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = build_ctr_model(config, tables)
-        position_bias = PositionBias(config.max_positions) if config.position_bias_tower else None
-    if fixed_tower:
-        position_bias.fix(require_examination(examination, "pre-training data"))
-    generator = torch.Generator().manual_seed(config.seed)
-    tower_parameters = () if position_bias is None else tuple(position_bias.parameters())
-    optimizer = torch.optim.Adam(
-        [p for p in (*model.parameters(), *tower_parameters) if p.requires_grad],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
-    users, items, clicks, positions, same = _tensors(train)
-    history: list[dict[str, float]] = []
-    best_loss, best_state = math.inf, None
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        batches = torch.randperm(len(train), generator=generator).split(config.batch_size)
-        total = torch.zeros(())
-        for index in tqdm(batches, desc=f"{config.model} epoch {epoch}", disable=not progress):
-            logits = _click_logits(
-                model, position_bias, users[index], items[index], positions[index], same[index]
-            )
-            loss = F.binary_cross_entropy_with_logits(logits, clicks[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(index)
-        metrics = evaluate_ctr(model, valid, position_bias=position_bias)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_log_loss": total.item() / len(train),
-                "valid_log_loss": metrics["log_loss"],
-                "valid_auc": metrics["auc"],
-                "seconds": time.perf_counter() - start,
-            }
-        )
-        if progress:
-            tqdm.write(f"{config.model} epoch {epoch}: {history[-1]}")
-        if metrics["log_loss"] < best_loss:
-            best_loss = metrics["log_loss"]
-            best_state = {name: value.clone() for name, value in model.state_dict().items()}
-    if best_state is None:
-        raise RuntimeError(f"no epoch gave a finite validation log loss: {history}")
-    model.load_state_dict(best_state)
-    return model, history
-
-
-@torch.no_grad()
-def compute_pv(
-    model: CTRModel,
-    user_ids: np.ndarray,
-    item_ids: np.ndarray,
-    mask: np.ndarray,
-    batch_size: int = 16_384,
-) -> np.ndarray:
-    """PV of every real item of ``N`` lists, (N,), (N, L), (N, L) -> (N, L, d_pv) float32.
-
-    Padded slots (``mask`` False) hold zeros; only real (user, item) pairs are computed.
-    """
-    n, length = item_ids.shape
-    real = np.flatnonzero(mask)  # indices into the flattened (N * L) slots
-    users = torch.as_tensor(np.asarray(user_ids)[real // length], dtype=torch.int64)
-    items = torch.as_tensor(np.asarray(item_ids).reshape(-1)[real], dtype=torch.int64)
-    pv = np.zeros((n * length, model.d_pv), dtype=np.float32)
-    for start in range(0, real.size, batch_size):
-        chunk = slice(start, start + batch_size)
-        pv[real[chunk]] = model.hidden(users[chunk], items[chunk]).numpy()
-    return pv.reshape(n, length, model.d_pv)  # (N, L, d_pv)
 
 
 def save_ctr(model: CTRModel, config: PretrainConfig, path: str | Path) -> None:

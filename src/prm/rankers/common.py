@@ -6,13 +6,13 @@ concatenated to them, exactly as PRM's input layer does (PV of width 0 adds noth
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from prm.data.batch import ListInputs
+from prm.models.layers import scan_steps
 
 
 def input_size(d_feature: int, d_pv: int, use_pv: bool) -> int:
@@ -35,16 +35,6 @@ def mask_padding(scores: Tensor, mask: Tensor) -> Tensor:
     return scores.masked_fill(~mask, float("-inf"))
 
 
-def mlp(d_in: int, hidden: tuple[int, ...], d_out: int, dropout: float = 0.0) -> nn.Sequential:
-    """Linear -> ReLU -> Dropout for each hidden width, then a linear output layer."""
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [nn.Linear(d_in, width), nn.ReLU(), nn.Dropout(dropout)]
-        d_in = width
-    layers.append(nn.Linear(d_in, d_out))
-    return nn.Sequential(*layers)
-
-
 def slots_in_order(ranks: Tensor, mask: Tensor) -> Tensor:
     """(B, L) slot indices sorted by ``ranks`` ((B, L) int, lowest first), padded slots last;
     equal ranks keep slot order.
@@ -59,31 +49,6 @@ def slots_in_order(ranks: Tensor, mask: Tensor) -> Tensor:
     highest = ranks.amax(dim=-1, keepdim=True)  # (B, 1)
     keys = torch.where(mask, ranks - lowest, highest - lowest + 1)  # (B, L), >= 0, padding last
     return (keys * length + slots).argsort(dim=-1)  # (B, L)
-
-
-def scan_steps(step: Callable[[Any, Any], tuple[Any, Any]], carry: Any, xs: Any) -> tuple[Any, Any]:
-    """Run ``carry, y_t = step(carry, x_t)`` over dim 0 of every tensor in ``xs`` (a tensor or a
-    tuple of them); returns the final carry and the y_t stacked along a new dim 0.
-
-    Eager PyTorch runs a Python loop. Under ``torch.export`` a loop would be unrolled for the
-    example's length, so torch's ``scan`` is used instead: ONNX writes it as one ``Scan`` node,
-    and the exported graph takes lists of any length. ``step`` must not return its inputs
-    unchanged (``scan`` rejects aliased outputs; a ``torch.where`` is a new tensor).
-    """
-    if torch.compiler.is_exporting():
-        from torch._higher_order_ops.scan import scan
-
-        with torch.no_grad():  # an exported graph only infers; scan's autograd is a prototype
-            return scan(step, carry, xs)
-    length = (xs[0] if isinstance(xs, tuple) else xs).shape[0]
-    ys = []
-    for t in range(length):
-        x_t = tuple(x[t] for x in xs) if isinstance(xs, tuple) else xs[t]
-        carry, y = step(carry, x_t)
-        ys.append(y)
-    if isinstance(ys[0], tuple):
-        return carry, tuple(torch.stack(parts) for parts in zip(*ys, strict=True))
-    return carry, torch.stack(ys)
 
 
 def run_in_initial_order(

@@ -26,7 +26,8 @@ from prm.config import EvaluatorConfig
 from prm.data.batch import ListBatch, ListInputs
 from prm.models.base import Loss, Reranker
 from prm.models.evaluator import ContextClickModel, in_display_order
-from prm.rankers.common import scan_steps, slots_in_order
+from prm.models.layers import scan_steps
+from prm.rankers.common import slots_in_order
 
 TIE = 1e-5  # predicted clicks of a list closer than this are equal (float rounding)
 

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from prm.data.batch import ListInputs
 from prm.models.base import Reranker
-from prm.rankers.common import input_size, item_inputs, mask_padding, mlp, slots_in_order
+from prm.models.layers import mlp
+from prm.rankers.common import input_size, item_inputs, mask_padding, slots_in_order
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from prm.data.batch import ListInputs
 from prm.models.base import Reranker
-from prm.rankers.common import input_size, item_inputs, mask_padding, mlp
+from prm.models.layers import mlp
+from prm.rankers.common import input_size, item_inputs, mask_padding
 
 EPS = 1e-6  # keeps std and max - min away from 0 on lists of one item (or of equal items)
 

@@ -11,18 +11,9 @@ from typing import Self
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from prm.models.layers import mlp
 from prm.rankers.base import TorchRanker, check_groups
-
-
-def mlp(d_in: int, hidden_dims: tuple[int, ...], dropout: float) -> nn.Sequential:
-    """Linear-ReLU-Dropout blocks, then a linear layer to one score."""
-    layers: list[nn.Module] = []
-    for d_out in hidden_dims:
-        layers += [nn.Linear(d_in, d_out), nn.ReLU(), nn.Dropout(dropout)]
-        d_in = d_out
-    return nn.Sequential(*layers, nn.Linear(d_in, 1))
 
 
 class PointwiseDNN(TorchRanker):
@@ -56,5 +47,5 @@ class PointwiseDNN(TorchRanker):
         def batch_loss(inputs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
             return F.mse_loss(self.network(inputs[index]).squeeze(-1), targets[index])
 
-        self._train(X, lambda d: mlp(d, self.hidden_dims, self.dropout), len(y), batch_loss)
+        self._train(X, lambda d: mlp(d, self.hidden_dims, 1, self.dropout), len(y), batch_loss)
         return self

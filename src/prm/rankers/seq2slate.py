@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from prm.data.batch import ListBatch, ListInputs
 from prm.models.base import Loss, Reranker
+from prm.models.layers import masked_log_softmax, masked_mean
 from prm.rankers.common import (
     input_size,
     item_inputs,
@@ -39,7 +40,6 @@ from prm.rankers.common import (
     run_in_initial_order,
     scan_steps,
 )
-from prm.training.losses import masked_log_softmax, masked_mean
 
 # The decoder's state between steps: LSTM (h, c), the (B, L) items not yet placed, next input.
 DecoderCarry = tuple[Tensor, Tensor, Tensor, Tensor]

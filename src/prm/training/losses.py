@@ -16,24 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-
-def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``values`` where ``mask`` is True, 0 when it is True nowhere (never NaN).
-
-    Entries outside the mask are dropped with ``torch.where``, so a NaN or inf there is ignored.
-    """
-    total = torch.where(mask, values, torch.zeros_like(values)).sum()
-    return total / mask.sum().clamp(min=1)
-
-
-def masked_log_softmax(scores: Tensor, mask: Tensor) -> Tensor:
-    """(B, L) log softmax over the real items of each list; 0 (not -inf) at padded slots.
-
-    Padded slots enter the softmax at the lowest finite logit, so they weigh nothing and a list
-    with no real item stays finite; returning 0 there keeps ``labels * log_probs`` finite.
-    """
-    logits = torch.where(mask, scores, torch.finfo(scores.dtype).min)  # (B, L)
-    return torch.where(mask, logits.log_softmax(dim=-1), 0.0)  # (B, L)
+from prm.models.layers import masked_log_softmax, masked_mean
 
 
 def _has_positive(labels: Tensor, mask: Tensor) -> Tensor:
