@@ -151,7 +151,7 @@ def main() -> None:
         print(json.dumps({"steps_per_second": run_stage(args.stage, args.seconds)}))
         return
     from prm.evaluation.report import markdown_table
-    from prm.pipeline import machine
+    from prm.experiments.report import machine
 
     rows = []
     for stage in STAGES:

@@ -29,7 +29,8 @@ from prm.data.simulator import load_click_model
 from prm.evaluation.estimate import predicted_clicks
 from prm.evaluation.evaluate import expected_clicks
 from prm.evaluation.report import markdown_table
-from prm.pipeline import EVALUATOR, demo_splits, load_reranker
+from prm.experiments.demo import demo_splits
+from prm.pipeline import EVALUATOR, load_reranker
 from prm.pretrain.training import attach_pv
 
 REPORTED_RANKS = (2, 5, 10, 20, 30)

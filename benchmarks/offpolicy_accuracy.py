@@ -47,15 +47,10 @@ from prm.evaluation.offpolicy import (
     fit_position_based,
 )
 from prm.evaluation.report import markdown_table
+from prm.experiments.demo import ctr_sort_scores, demo_splits
+from prm.experiments.report import machine
 from prm.io import write_json
-from prm.pipeline import (
-    EVALUATOR,
-    ctr_sort_scores,
-    demo_splits,
-    load_reranker,
-    machine,
-    train_reranker,
-)
+from prm.pipeline import EVALUATOR, load_reranker, train_reranker
 from prm.pretrain.ctr import load_ctr
 from prm.pretrain.training import CTR_MODEL, attach_pv, compute_pv
 from prm.training.checkpoint import load_checkpoint

@@ -22,7 +22,8 @@ LAYERS = [
     {"registry"},
     {"training"},
     {"pipeline", "estimators"},
-    {"serving", "deployment", "benchmark"},
+    {"experiments", "serving"},
+    {"deployment"},
     {"cli"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

@@ -34,6 +34,39 @@ def test_from_arrays_pads_variable_length_lists() -> None:
         ListDataset.from_arrays([np.full((2, 3), np.nan)], [[0, 1]])
 
 
+def test_from_pandas_groups_a_long_table_into_lists_in_rank_order() -> None:
+    pandas = pytest.importorskip("pandas")  # a dev dependency, optional for users
+    frame = pandas.DataFrame(
+        {
+            "session": [7, 7, 3, 7, 3],
+            "rank": [2, 0, 0, 1, 1],
+            "user": [5, 5, 1, 5, 1],
+            "item": [70, 71, 30, 72, 31],
+            "price": [0.2, 0.0, 1.0, 0.1, 1.1],
+            "click": [1, 0, 0, 0, 1],
+        }
+    )
+    lists = ListDataset.from_pandas(
+        frame,
+        feature_columns=["price"],
+        list_column="session",
+        position_column="rank",
+        user_column="user",
+        item_column="item",
+    )
+    assert lists.list_ids.tolist() == [7, 3]  # in the order of their first row
+    assert lists.user_ids.tolist() == [5, 1]
+    assert lists.item_ids.tolist() == [[71, 72, 70], [30, 31, 0]]
+    assert lists.features[0, :, 0].tolist() == pytest.approx([0.0, 0.1, 0.2])
+    assert lists.labels.tolist() == [[0, 0, 1], [0, 1, 0]]
+    assert lists.mask.tolist() == [[True, True, True], [True, True, False]]
+    frame.loc[0, "rank"] = 1
+    with pytest.raises(ValueError, match="rank: list 7 has a position twice"):
+        ListDataset.from_pandas(
+            frame, feature_columns=["price"], list_column="session", position_column="rank"
+        )
+
+
 def test_prm_reranker_learns_a_planted_list_wise_task() -> None:
     train, test = planted_lists(600, 0), planted_lists(200, 1)
     model = PRMReranker(epochs=8, d_model=16, n_heads=2, n_blocks=1, d_ff=32, lr=3e-3)

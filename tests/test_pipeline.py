@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from prm.config import ExperimentConfig
-from prm.pipeline import EVALUATOR, fit_demo, grade_demo
+from prm.experiments.demo import fit_demo, grade_demo
+from prm.pipeline import EVALUATOR
 
 
 def test_demo_fits_without_truth_and_grades_with_it(

@@ -303,8 +303,12 @@ class ExperimentConfig:
     # kind -> config of another registered re-ranker (`prm train --model dlcm`); the kind's
     # defaults where absent, keys checked when its spec is made (prm.registry.ModelSpec)
     rerankers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The figures this config expects: row -> metric -> [low, high] (e.g. prm:
+    # {oracle_gain_pct: [48, 54]}); the run reports each beside the measured value.
+    expect: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_expect(self.expect)
         if not self.seeds:
             _fail("seeds", "must hold at least one seed", [])
         for i, seed in enumerate(self.seeds):
@@ -331,6 +335,19 @@ class ExperimentConfig:
                     f"must be >= the longest list of {source} ({longest} items)",
                     value,
                 )
+
+
+def check_expect(expect: dict[str, dict[str, Any]]) -> None:
+    """``expect`` as a config states it: row -> metric -> [low, high], low <= high."""
+    for row, metrics in expect.items():
+        if not isinstance(metrics, dict):
+            _fail(f"expect.{row}", "must map metrics to [low, high]", metrics)
+        for metric, bounds in metrics.items():
+            numbers = isinstance(bounds, list | tuple) and all(
+                isinstance(b, int | float) and not isinstance(b, bool) for b in bounds
+            )
+            if not (numbers and len(bounds) == 2 and bounds[0] <= bounds[1]):
+                _fail(f"expect.{row}.{metric}", "must be [low, high] with low <= high", bounds)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -34,16 +34,11 @@ from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
 from prm.evaluation.metrics import rank_order
 from prm.evaluation.offpolicy import OffPolicyEvaluator
 from prm.evaluation.report import markdown_table
+from prm.experiments.demo import demo_splits
+from prm.experiments.report import machine
 from prm.io import atomic_path, write_json
 from prm.models.evaluator import ContextClickModel
-from prm.pipeline import (
-    EVALUATOR,
-    demo_splits,
-    load_reranker,
-    machine,
-    train_evaluator,
-    train_reranker,
-)
+from prm.pipeline import EVALUATOR, load_reranker, train_evaluator, train_reranker
 from prm.pretrain.training import attach_pv, pretrain
 
 TRUSTED_ESTIMATE = "dr_rank"  # docs/offpolicy.md: the estimator the benchmark supports

@@ -65,8 +65,15 @@ def test_simulate_pretrain_train_evaluate(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_demo_writes_the_results_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["demo", "--config", TINY, "--out", str(tmp_path), "--quiet"]) == 0
+    """The demo is the simulator's suite: `prm benchmark CONFIG` runs it as `prm demo` does,
+    and reports the figures its config expects beside the measured ones."""
+    config = yaml.safe_load(Path(TINY).read_text())
+    config["expect"] = {"oracle": {"oracle_gain_pct": [99, 101]}, "prm": {"ndcg@10": [2, 3]}}
+    config_path = tmp_path / "tiny_expecting.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["benchmark", str(config_path), "--out", str(tmp_path), "--quiet"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
+    assert [check["ok"] for check in results["expected"]] == [True, False]
     assert list(results["models"]) == [
         "initial",
         "ctr_sort",
@@ -81,6 +88,17 @@ def test_demo_writes_the_results_table(tmp_path: Path, capsys: pytest.CaptureFix
     assert results["models"]["initial"]["oracle_gain_pct"] == pytest.approx(0)
     out = capsys.readouterr().out
     assert "| PRM |" in out and "| PRM-BASE |" in out and "greedy oracle" in out
+    assert "expected figures: 1 of 2 within range" in out and "<- OUTSIDE" in out
+
+
+def test_a_config_with_a_malformed_expectation_is_refused(tmp_path: Path, capsys) -> None:
+    config = yaml.safe_load(Path(TINY).read_text())
+    config["expect"] = {"prm": {"ndcg@10": [0.9, 0.1]}}
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    assert main(["demo", "--config", str(config_path), "--out", str(tmp_path / "out")]) == 2
+    assert "expect.prm.ndcg@10" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_train_model_takes_every_registered_kind() -> None:

@@ -11,22 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prm.benchmark import (
-    AblationConfig,
-    BenchmarkConfig,
-    ClickLogs,
-    ExaminationEstimator,
-    label_gain_shares,
-    load_benchmark_config,
-    plan_runs,
-    plan_tables,
-    run_benchmark,
-    update_results_markdown,
-)
 from prm.config import ConfigError, PRMConfig, TrainConfig
 from prm.data.batch import ListDataset
 from prm.data.click_simulation import ClickSimulation, examination_by_rank
 from prm.data.files import default_data_dir
+from prm.experiments.config import (
+    AblationConfig,
+    BenchmarkConfig,
+    ExaminationEstimator,
+    load_benchmark_config,
+)
+from prm.experiments.plan import plan_runs, plan_tables
+from prm.experiments.report import update_results_markdown
+from prm.experiments.run import ClickLogs, run_benchmark
+from prm.experiments.summarize import label_gain_shares
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = {"mq2008": "mq2008", "ml100k": "ml-100k", "lgbm_rank": "lgbm_rank"}

@@ -1,5 +1,5 @@
 """``prm benchmark <suite>``: the paper's comparison on real data, a thin layer over
-:mod:`prm.benchmark`."""
+:mod:`prm.experiments`."""
 
 from __future__ import annotations
 
@@ -8,19 +8,57 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prm.config import ExperimentConfig
 
 QUICK_OUT = "runs/benchmark_quick"  # quick results never overwrite benchmarks/RESULTS.md
 
 
+def run_demo(config: ExperimentConfig, out: str | Path, quiet: bool) -> None:
+    """The demo, the simulator's suite: run it and print its tables and expected figures."""
+    from prm.evaluation.report import results_table, tests_table
+    from prm.experiments.demo import demo
+    from prm.experiments.report import expectation_lines
+
+    config.check_list_length(config.simulator.list_length, "the simulated data")
+    results = demo(config, out, progress=not quiet)
+    print()
+    print(results_table(results))
+    print()
+    print(tests_table(results["tests"]))
+    print()
+    print(
+        f"{results['lists']} test lists ({results['lists_with_click']} with a click); expected "
+        f"clicks over all lists, NDCG/MAP over lists with a click, MAP@10 convention "
+        f"'{results['map_convention']}'; p-values: paired t-test on per-list expected clicks."
+    )
+    if results["expected"]:
+        print(expectation_lines(results["expected"]))
+    print(f"machine: {results['machine']}; seconds: {results['seconds']}")
+    print(f"wrote {Path(out) / 'results.json'}")
+
+
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from prm.benchmark import load_benchmark_config, render_table, run_benchmark
-    from prm.config import config_file
+    import yaml
+
+    from prm.config import ConfigError, config_file, load_config
     from prm.data.files import DATA_DIR_ENV
+    from prm.experiments.config import load_benchmark_config
+    from prm.experiments.report import expectation_lines, render_table
+    from prm.experiments.run import run_benchmark
 
     if args.data_dir:  # this process's data folder, as $PRM_DATA_DIR would name it
         os.environ[DATA_DIR_ENV] = str(Path(args.data_dir).resolve())
-    path = args.suite if Path(args.suite).is_file() else f"bench_{args.suite}"
-    config = load_benchmark_config(config_file(path), quick=args.quick)
+    try:
+        path = config_file(args.suite if Path(args.suite).is_file() else f"bench_{args.suite}")
+    except ConfigError:  # an experiment config by name: demo, tiny
+        path = config_file(args.suite)
+    if "simulator" in (yaml.safe_load(Path(path).read_text()) or {}):
+        run_demo(load_config(path), args.out or "runs/demo", args.quiet)
+        return
+    config = load_benchmark_config(path, quick=args.quick)
     out = args.out or (QUICK_OUT if args.quick else "benchmarks")
     work = args.work or (f"{QUICK_OUT}/work" if args.quick else "runs/benchmark")
     results = run_benchmark(
@@ -39,6 +77,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         f"\nMAP convention '{config.evaluate.map_convention}'; lists without a relevant item "
         f"excluded; {results['runs']} runs in {results['seconds']['total'] / 60:.1f} min."
     )
+    if results["expected"]:
+        print(expectation_lines(results["expected"]))
     print(f"wrote {Path(out) / 'RESULTS.md'}, {results['figure']} and {results['json']}")
 
 
@@ -49,7 +89,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sub.add_argument(
         "suite",
         help="mq2008, ml100k, lgbm_rank or ultr_mq2008 (configs/bench_<suite>.yaml, shipped "
-        "with prm), or a YAML path",
+        "with prm), demo (the simulator's suite, as `prm demo --config demo`), or a YAML path",
     )
     sub.add_argument(
         "--data-dir",

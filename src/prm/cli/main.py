@@ -58,7 +58,7 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from prm.data.loaders import load_list_data
-    from prm.pipeline import demo_splits
+    from prm.experiments.demo import demo_splits
     from prm.pretrain.training import pretrain
 
     config = _config(args)
@@ -275,24 +275,7 @@ def _offpolicy_report(args: argparse.Namespace, model, has_truth: bool) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from prm.evaluation.report import results_table, tests_table
-    from prm.pipeline import demo
-
-    config = _config(args)
-    config.check_list_length(config.simulator.list_length, "the simulated data")
-    results = demo(config, args.out, progress=not args.quiet)
-    print()
-    print(results_table(results))
-    print()
-    print(tests_table(results["tests"]))
-    print()
-    print(
-        f"{results['lists']} test lists ({results['lists_with_click']} with a click); expected "
-        f"clicks over all lists, NDCG/MAP over lists with a click, MAP@10 convention "
-        f"'{results['map_convention']}'; p-values: paired t-test on per-list expected clicks."
-    )
-    print(f"machine: {results['machine']}; seconds: {results['seconds']}")
-    print(f"wrote {Path(args.out) / 'results.json'}")
+    benchmark.run_demo(_config(args), args.out, args.quiet)
 
 
 def cmd_loop(args: argparse.Namespace) -> None:

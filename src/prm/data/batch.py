@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 import torch
@@ -128,6 +128,58 @@ class ListDataset:
             user_ids=np.zeros(n, np.int64) if user_ids is None else np.asarray(user_ids),
             list_ids=np.arange(n) if list_ids is None else np.asarray(list_ids),
             item_ids=pad_lists([i[:, None] for i in items], length, dtype=np.int64)[0][..., 0],
+        )
+
+    @classmethod
+    def from_pandas(
+        cls,
+        frame: Any,
+        *,
+        feature_columns: Sequence[str],
+        label_column: str = "click",
+        list_column: str = "list_id",
+        position_column: str | None = None,
+        user_column: str | None = None,
+        item_column: str | None = None,
+        pv_columns: Sequence[str] | None = None,
+    ) -> ListDataset:
+        """Lists from a long table, one row per shown item (a pandas DataFrame, or anything
+        whose ``frame[column].to_numpy()`` gives a column). ``list_column`` groups the rows
+        into lists, kept in the order of their first row; within a list, items stand in the
+        order of ``position_column`` (the initial rank), else of the rows. Every row of a list
+        must name the same user."""
+
+        def column(name: str) -> np.ndarray:
+            return np.asarray(frame[name].to_numpy())
+
+        list_keys = column(list_column)
+        _, first_row, which = np.unique(list_keys, return_index=True, return_inverse=True)
+        list_start = first_row[which]  # (rows,) the first row of each row's list
+        rank = column(position_column) if position_column else np.arange(len(list_keys))
+        rows = np.lexsort((rank, list_start))  # by list (first appearance), then by rank
+        cuts = np.flatnonzero(np.diff(list_start[rows])) + 1
+        groups = np.split(rows, cuts) if len(rows) else []
+        for group in groups:
+            if position_column and len(np.unique(rank[group])) < len(group):
+                raise ValueError(
+                    f"{position_column}: list {list_keys[group[0]]} has a position twice"
+                )
+            if user_column and len(np.unique(column(user_column)[group])) > 1:
+                raise ValueError(f"{user_column}: list {list_keys[group[0]]} has two users")
+
+        def per_list(names: Sequence[str]) -> list[np.ndarray]:
+            values = np.stack([column(name) for name in names], axis=1).astype(np.float32)
+            return [values[group] for group in groups]
+
+        heads = np.array([group[0] for group in groups], dtype=np.int64)
+        list_ids = list_keys[heads]
+        return cls.from_arrays(
+            per_list(feature_columns),
+            [column(label_column).astype(np.float32)[group] for group in groups],
+            pv=per_list(pv_columns) if pv_columns else None,
+            user_ids=column(user_column)[heads].astype(np.int64) if user_column else None,
+            list_ids=list_ids.astype(np.int64) if list_ids.dtype.kind in "iu" else None,
+            item_ids=[column(item_column)[group] for group in groups] if item_column else None,
         )
 
     def __len__(self) -> int:
