@@ -128,14 +128,19 @@ class ItemTable:
         return np.concatenate([onehot, self.dense], axis=1)
 
 
+def require_row_ids(table: pa.Table, path: Path, name: str) -> None:
+    """Ids of a table indexed by id must equal the row numbers 0..n-1."""
+    ids = table.column(name).to_numpy()
+    if not np.array_equal(ids, np.arange(len(ids))):
+        row = int(np.flatnonzero(ids != np.arange(len(ids)))[0])
+        raise DataError(f"{path}: row {row}: {name} must equal the row number 0..n-1")
+
+
 def load_items(path: str | Path) -> ItemTable:
     path = Path(path)
     table = read_table(path, {"item_id": "int", "topic": "int", "features": "list<float>"})
     require_ints(table, path, "item_id", "topic")
-    item_id = table.column("item_id").to_numpy()
-    if not np.array_equal(item_id, np.arange(len(item_id))):
-        row = int(np.flatnonzero(item_id != np.arange(len(item_id)))[0])
-        raise DataError(f"{path}: row {row}: item_id must equal the row number 0..n-1")
+    require_row_ids(table, path, "item_id")
     dense, lengths = padded_list_column(table, "features", path, np.float32)
     _same_lengths(lengths, path, "features")
     require_finite(dense, path, "features")
@@ -166,10 +171,7 @@ def load_users(path: str | Path, n_items: int) -> tuple[np.ndarray, np.ndarray, 
     path = Path(path)
     table = read_table(path, {"user_id": "int", "profile": "list<float>", "history": "list<int>"})
     require_ints(table, path, "user_id", "history")
-    user_id = table.column("user_id").to_numpy()
-    if not np.array_equal(user_id, np.arange(len(user_id))):
-        row = int(np.flatnonzero(user_id != np.arange(len(user_id)))[0])
-        raise DataError(f"{path}: row {row}: user_id must equal the row number 0..n-1")
+    require_row_ids(table, path, "user_id")
     profile, profile_lengths = padded_list_column(table, "profile", path, np.float32)
     _same_lengths(profile_lengths, path, "profile")  # never zero-padded
     require_finite(profile, path, "profile")
