@@ -27,14 +27,13 @@ from prm.config import ExperimentConfig, to_dict
 from prm.data.batch import ListDataset
 from prm.data.examination import EXPLORE
 from prm.data.exploration import ExplorationLog, exploration_log, read_randomization
-from prm.data.loaders import ListData, load_list_data
+from prm.data.loaders import ListData, load_list_data, present_splits
 from prm.data.simulator import ClickModel, load_click_model, simulate, simulated_world
 from prm.evaluation.estimate import EstimatedClicks, predicted_clicks
 from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
 from prm.evaluation.metrics import rank_order
 from prm.evaluation.offpolicy import OffPolicyEvaluator
 from prm.evaluation.report import markdown_table
-from prm.experiments.demo import demo_splits
 from prm.experiments.report import machine
 from prm.io import atomic_path, write_json
 from prm.models.evaluator import ContextClickModel
@@ -66,14 +65,14 @@ def _round_one(
     if demo_dir is not None:
         data_dir = demo_dir / "data"
         data = attach_pv(
-            load_list_data(data_dir, splits=demo_splits(data_dir)), demo_dir / "pretrain"
+            load_list_data(data_dir, splits=present_splits(data_dir)), demo_dir / "pretrain"
         )
         evaluator = load_reranker(demo_dir / "runs" / EVALUATOR).evaluator
         return data, data_dir, evaluator, load_reranker(demo_dir / "runs" / f"prm_seed{seed}")
     base = out_dir / "round1"
     data_dir = base / "data"
     simulate(config.simulator, data_dir, progress=progress)
-    data = load_list_data(data_dir, splits=demo_splits(data_dir))
+    data = load_list_data(data_dir, splits=present_splits(data_dir))
     data = pretrain(config, data, base / "pretrain", progress=progress).attach(data)
     return (data, data_dir, *_train_round(config, data, base, seed, progress))
 

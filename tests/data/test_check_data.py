@@ -160,7 +160,6 @@ CASES: list[tuple[str, Callable[[Path], None], str, int | None, str | None, str]
         "history",
         "no such item_id",
     ),
-    ("users missing", lambda d: (d / USERS).unlink(), USERS, None, None, "file not found"),
     (
         "click of 2",
         lambda d: set_cell(d / TRAIN, "clicks", 3, [2] + [0] * 9),
@@ -250,7 +249,6 @@ CASES: list[tuple[str, Callable[[Path], None], str, int | None, str | None, str]
         "user_id",
         "expected int",
     ),
-    ("split missing", lambda d: (d / VALID).unlink(), VALID, None, None, "file not found"),
     (
         "not Parquet",
         lambda d: (d / TEST).write_bytes(b"PAR1 not really"),
@@ -353,6 +351,26 @@ def test_shard_folders_name_the_part_file(data: Path) -> None:
     set_cell(folder / "part-00001.parquet", "user_id", 4, -1)
     (violation,) = check_data(data)
     assert (violation.file, violation.row) == (folder / "part-00001.parquet", 4)
+
+
+def test_users_and_any_split_may_be_absent_but_not_every_split(data: Path) -> None:
+    (data / USERS).unlink()
+    (data / VALID).unlink()
+    assert check_data(data) == []  # PRM-BASE and the baselines need no users; a command
+    for split in (TRAIN, TEST):  # reading a missing split says so itself
+        (data / split).unlink()
+    (violation,) = check_data(data)
+    assert "no list log" in violation.problem
+
+
+def test_graded_labels_in_place_of_clicks(data: Path) -> None:
+    table = pq.read_table(data / TRAIN)
+    graded = pa.array([[2.0 * c for c in row] for row in table.column("clicks").to_pylist()])
+    pq.write_table(table.drop(["clicks"]).append_column("labels", graded), data / TRAIN)
+    assert check_data(data) == []
+    set_cell(data / TRAIN, "labels", 3, [-1.0] + [0.0] * 9)
+    (violation,) = check_data(data)
+    assert (violation.row, violation.column) == (3, "labels") and ">= 0" in violation.problem
 
 
 def test_missing_folder(tmp_path: Path) -> None:

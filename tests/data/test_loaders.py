@@ -85,7 +85,13 @@ def test_missing_and_broken_files(tiny_data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="lists_test.parquet: not a readable Parquet file"):
         load_list_data(copy)
     pq.write_table(pa.table({"list_id": [1], "user_id": [0]}), copy / "lists_test.parquet")
-    with pytest.raises(DataError, match="missing column.*item_ids.*clicks"):
+    with pytest.raises(DataError, match="missing column.*item_ids"):
+        load_list_data(copy)
+    pq.write_table(
+        pa.table({"list_id": [1], "user_id": [0], "item_ids": [[0, 1]]}),
+        copy / "lists_test.parquet",
+    )
+    with pytest.raises(DataError, match="one label column, clicks .* or labels .*; found neither"):
         load_list_data(copy)
 
 
@@ -120,3 +126,33 @@ def test_shown_in_order_moves_every_slot_field_with_its_item() -> None:
     np.testing.assert_array_equal(shown.labels, shown.item_ids % 2)
     np.testing.assert_array_equal(shown.positions, [[0, 1, 2, 3], [0, 1, 2, 3]])
     np.testing.assert_array_equal(shown.user_ids, lists.user_ids)
+
+
+def test_graded_labels_and_no_users_table(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """A LETOR-style folder: graded labels in place of clicks, no users.parquet. PRM-BASE's
+    data loads; PV pre-training says what it lacks."""
+    copy = tmp_path / "graded"
+    shutil.copytree(tiny_data_dir, copy)
+    (copy / "users.parquet").unlink()
+    for split in ("train", "valid", "test"):
+        table = pq.read_table(copy / f"lists_{split}.parquet")
+        clicks = table.column("clicks").to_pylist()
+        graded = pa.array([[3.0 * c for c in row] for row in clicks], pa.list_(pa.float32()))
+        table = table.drop(["clicks"]).append_column("labels", graded)
+        pq.write_table(table, copy / f"lists_{split}.parquet")
+    data = load_list_data(copy, splits=("train", "valid"))
+    assert data.catalog is None
+    assert set(np.unique(data.splits["train"].labels)) == {0.0, 3.0}
+    from prm.config import ExperimentConfig
+    from prm.pretrain.training import pretrain
+
+    with pytest.raises(DataError, match="needs users.parquet"):
+        pretrain(ExperimentConfig(), data)
+    table = pq.read_table(copy / "lists_valid.parquet")
+    bad = table.column("labels").to_pylist()
+    bad[2] = [-1.0] + bad[2][1:]
+    column = table.schema.get_field_index("labels")
+    table = table.set_column(column, "labels", pa.array(bad, pa.list_(pa.float32())))
+    pq.write_table(table, copy / "lists_valid.parquet")
+    with pytest.raises(DataError, match="row 2 .*labels must be finite, >= 0"):
+        load_list_data(copy, splits=("valid",))

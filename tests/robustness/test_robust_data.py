@@ -180,6 +180,8 @@ def cases() -> list:
             out.append(pytest.param(command, defect, id=f"{command}-{defect.name}", marks=marks))
     for defect in lists("train"):
         for command in ("check-data", "pretrain", "train"):
+            if command == "check-data" and defect.name == "missing":
+                continue  # a folder may hold any subset of the splits (docs/data.md)
             marks = ()
             if command == "check-data" and defect.name in CHECK_DATA_MISSES_LISTS:
                 marks = pytest.mark.xfail(strict=True, reason="prm.data.check misses it")

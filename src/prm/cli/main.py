@@ -57,12 +57,11 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from prm.data.loaders import load_list_data
-    from prm.experiments.demo import demo_splits
+    from prm.data.loaders import load_list_data, present_splits
     from prm.pretrain.training import pretrain
 
     config = _config(args)
-    data = load_list_data(args.data, splits=demo_splits(args.data))
+    data = load_list_data(args.data, splits=present_splits(args.data))
     checks.check_lists(config, data, args.data, ("pretrain",), clicked=("train",))
     pretrained = pretrain(config, data, args.out, progress=not args.quiet)
     checks.check_pretrained(pretrained.report, Path(args.out), list(data.splits))
@@ -153,7 +152,7 @@ def _train(
         stream = ListStream(
             lists_source(args.data, "train"),
             data.items,
-            len(data.catalog.profile),
+            data.catalog.n_users if data.catalog is not None else None,
             buffer_lists=config.train.shuffle_buffer,
         )
         data = replace(data, splits={**data.splits, "train": stream})

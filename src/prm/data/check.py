@@ -47,19 +47,24 @@ class Violation:
 
 
 def check_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> list[Violation]:
-    """Every violation of the data contract in ``data_dir``: ``items.parquet``,
-    ``users.parquet``, ``lists_<split>`` for each of ``splits`` (one file or a folder of part
-    files) and the exploration bucket ``lists_explore`` if present. Empty when clean."""
+    """Every violation of the data contract in ``data_dir``: ``items.parquet``, and where
+    present ``users.parquet``, ``lists_<split>`` for each of ``splits`` (one file or a folder
+    of part files; at least one of them) and the exploration bucket ``lists_explore``. Empty
+    when clean."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         return [Violation(data_dir, "data folder not found")]
     found: list[Violation] = []
     n_items = _check_items(data_dir / "items.parquet", found)
-    n_users = _check_users(data_dir / "users.parquet", n_items, found)
+    users = data_dir / "users.parquet"  # optional: only PV pre-training reads it
+    n_users = _check_users(users, n_items, found) if users.exists() else None
+    if not any(lists_source(data_dir, split).exists() for split in splits):
+        names = ", ".join(f"lists_{split}" for split in splits)
+        found.append(Violation(data_dir, f"no list log: none of {names} (.parquet or folder)"))
     for split in (*splits, EXPLORE):
         source = lists_source(data_dir, split)
-        if split == EXPLORE and not source.exists():
-            continue  # the bucket is optional
+        if not source.exists():
+            continue  # each command reads the splits it needs, and says so if one is missing
         for part in _parts(source, found):
             _check_lists(part, n_items, n_users, explore=split == EXPLORE, found=found)
     files = {file: i for i, file in enumerate(dict.fromkeys(v.file for v in found))}
@@ -78,7 +83,11 @@ def summarize_data(data_dir: str | Path) -> dict:
             splits[split] = sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
     return {
         "items": pq.ParquetFile(data_dir / "items.parquet").metadata.num_rows,
-        "users": pq.ParquetFile(data_dir / "users.parquet").metadata.num_rows,
+        "users": (
+            pq.ParquetFile(data_dir / "users.parquet").metadata.num_rows
+            if (data_dir / "users.parquet").exists()
+            else 0
+        ),
         "lists": splits,
     }
 
@@ -130,10 +139,19 @@ def _check_users(path: Path, n_items: int | None, found: list[Violation]) -> int
 def _check_lists(
     path: Path, n_items: int | None, n_users: int | None, *, explore: bool, found: list[Violation]
 ) -> None:
-    columns = ["list_id", "user_id", "item_ids", "clicks"]
+    columns = ["list_id", "user_id", "item_ids"]
     table = _Table.read(path, [*columns, "initial_ranks"] if explore else columns, found)
     if table is None:
         return
+    labels = [name for name in ("clicks", "labels") if name in table.names]
+    if len(labels) != 1:
+        found.append(
+            Violation(
+                path,
+                "needs one label column, clicks (0 or 1) or labels (graded, >= 0); found "
+                + (" and ".join(labels) or "neither"),
+            )
+        )
     table.list_ids = table.ints("list_id")
     user_id = table.ints("user_id")
     if user_id is not None and n_users is not None:
@@ -149,12 +167,17 @@ def _check_lists(
         if n_items is not None:
             items.in_range(table, "item_ids", n_items, "item_id")
         items.unique(table, "item_ids", "appears twice in the list")
-    clicks = table.lists("clicks", "number")
-    if clicks is not None:
-        if items is not None:
-            clicks.same_length(table, "clicks", items)
-        bad = ~np.isin(clicks.values, (0, 1))
-        clicks.report_values(table, "clicks", bad, "is {value}, must be 0 or 1")
+    for label in labels if len(labels) == 1 else []:
+        values = table.lists(label, "number")
+        if values is not None:
+            if items is not None:
+                values.same_length(table, label, items)
+            if label == "clicks":
+                bad = ~np.isin(values.values, (0, 1))
+                values.report_values(table, label, bad, "is {value}, must be 0 or 1")
+            else:
+                bad = ~((values.values >= 0) & np.isfinite(values.values))
+                values.report_values(table, label, bad, "is {value}, must be finite and >= 0")
     if not explore:
         return
     ranks = table.lists("initial_ranks", "int")

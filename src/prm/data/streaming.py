@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from prm.data.batch import Batches, ListBatch, ListDataset, concat_lists
-from prm.data.loaders import LIST_COLUMNS, lists_dataset
+from prm.data.loaders import LIST_COLUMNS, label_column, lists_dataset
 from prm.data.shards import shard_paths
 from prm.data.tables import DataError, ItemTable
 
@@ -150,7 +150,7 @@ class RowGroup:
 
 
 def _has_click(clicks: pa.ChunkedArray) -> np.ndarray:
-    """(N,) bool from a list<int> column: the rows holding a positive value."""
+    """(N,) bool from a list column of labels: the rows holding a positive value."""
     column = clicks.combine_chunks()
     offsets = column.offsets.to_numpy()
     positive = column.values.to_numpy(zero_copy_only=False) > 0
@@ -166,7 +166,13 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
     missing = sorted(set(LIST_COLUMNS) - set(file.schema_arrow.names))
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    label_column(file.schema_arrow.names, path)
     return file
+
+
+def _read_columns(file: pq.ParquetFile, path: Path) -> list[str]:
+    """The columns a stream reads: the list columns and the file's label column."""
+    return [*LIST_COLUMNS, label_column(file.schema_arrow.names, path)]
 
 
 def _scan(paths: list[Path]) -> tuple[list[RowGroup], int]:
@@ -176,7 +182,8 @@ def _scan(paths: list[Path]) -> tuple[list[RowGroup], int]:
         file = _parquet_file(path)
         first_row = 0
         for index in range(file.num_row_groups):
-            clicks = file.read_row_group(index, columns=["clicks"]).column("clicks")
+            label = label_column(file.schema_arrow.names, path)
+            clicks = file.read_row_group(index, columns=[label]).column(label)
             lengths = np.diff(clicks.combine_chunks().offsets.to_numpy())
             longest = max(longest, int(lengths.max(initial=0)))
             groups.append(RowGroup(path, index, first_row, int(_has_click(clicks).sum())))
@@ -200,7 +207,7 @@ class ListStream:
         self,
         source: str | Path,
         items: ItemTable,
-        n_users: int,
+        n_users: int | None,
         *,
         buffer_lists: int,
         read_lists: int = 4096,
@@ -264,8 +271,11 @@ class ListStream:
             if begin >= end:
                 continue
             seen, row = 0, group.first_row  # clicked lists of this group read so far
-            pieces = _parquet_file(group.path).iter_batches(
-                batch_size=self.read_lists, row_groups=[group.index], columns=list(LIST_COLUMNS)
+            file = _parquet_file(group.path)
+            pieces = file.iter_batches(
+                batch_size=self.read_lists,
+                row_groups=[group.index],
+                columns=_read_columns(file, group.path),
             )
             for piece in pieces:
                 lists = lists_dataset(

@@ -247,9 +247,12 @@ class Catalog:
             )
 
 
-def load_catalog(data_dir: Path) -> tuple[Catalog, ItemTable]:
-    """The users and items of a data folder (``users.parquet``, ``items.parquet``)."""
+def load_catalog(data_dir: Path) -> tuple[Catalog | None, ItemTable]:
+    """The users and items of a data folder (``users.parquet``, ``items.parquet``); no
+    catalog when the folder has no users table (it is needed only for PV pre-training)."""
     items = load_items(data_dir / "items.parquet")
+    if not (data_dir / "users.parquet").exists():
+        return None, items
     profile, history, history_mask = load_users(data_dir / "users.parquet", len(items.topic))
     catalog = Catalog(
         profile=profile,

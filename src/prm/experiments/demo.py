@@ -21,8 +21,7 @@ import torch
 from prm.config import ExperimentConfig, to_dict
 from prm.data.batch import ListDataset
 from prm.data.examination import EXPLORE
-from prm.data.loaders import load_list_data
-from prm.data.shards import lists_source
+from prm.data.loaders import load_list_data, present_splits
 from prm.data.simulator import load_click_model, simulate
 from prm.evaluation.estimate import EstimatedClicks
 from prm.evaluation.evaluate import (
@@ -48,12 +47,6 @@ def ctr_sort_scores(ctr_path: str | Path, dataset: ListDataset) -> np.ndarray:
     return logits.reshape(dataset.mask.shape).numpy()
 
 
-def demo_splits(data_dir: str | Path) -> tuple[str, ...]:
-    """The splits the demo reads: train, valid, test, and the exploration bucket if logged."""
-    has_bucket = lists_source(data_dir, EXPLORE).exists()
-    return ("train", "valid", "test", EXPLORE) if has_bucket else ("train", "valid", "test")
-
-
 def fit_demo(
     config: ExperimentConfig, data_dir: str | Path, out_dir: str | Path, progress: bool = True
 ) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
@@ -67,7 +60,7 @@ def fit_demo(
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     step = time.perf_counter()
-    data = load_list_data(data_dir, splits=demo_splits(data_dir))
+    data = load_list_data(data_dir, splits=present_splits(data_dir))
     data = pretrain(config, data, out_dir / "pretrain", progress=progress).attach(data)
     timings["pretrain"] = time.perf_counter() - step
 

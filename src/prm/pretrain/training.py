@@ -244,6 +244,17 @@ def pretrain(
 ) -> Pretrained:
     """Train the CTR model on the training lists; with ``out_dir``, write the model, its report
     and (``cache_pv``) every split's PV there."""
+    if data.catalog is None:
+        raise DataError(
+            "PV pre-training needs users.parquet (profiles and click histories), and the data "
+            "folder has none: train PRM-BASE (--base) or a baseline without --pv"
+        )
+    train = data.splits["train"]
+    if not np.isin(train.labels[train.mask], (0, 1)).all():
+        raise DataError(
+            "PV pre-training fits a click model: it needs clicks (0 or 1), and the training "
+            "lists hold graded labels"
+        )
     model, history = train_ctr(
         config.pretrain,
         data.catalog,
