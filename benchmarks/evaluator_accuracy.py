@@ -24,12 +24,11 @@ from offpolicy_accuracy import ordering_scores
 from scipy.stats import kendalltau
 
 from prm.config import load_config
-from prm.data.loaders import load_list_data
+from prm.data.loaders import load_list_data, present_splits
 from prm.data.simulator import load_click_model
 from prm.evaluation.estimate import predicted_clicks
 from prm.evaluation.evaluate import expected_clicks
 from prm.evaluation.report import markdown_table
-from prm.experiments.demo import demo_splits
 from prm.pipeline import EVALUATOR, load_reranker
 from prm.pretrain.training import attach_pv
 
@@ -55,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     demo, config = Path(args.demo), load_config(args.config)
     data_dir = demo / "data"
-    data = attach_pv(load_list_data(data_dir, splits=demo_splits(data_dir)), demo / "pretrain")
+    data = attach_pv(load_list_data(data_dir, splits=present_splits(data_dir)), demo / "pretrain")
     test = data.splits["test"]
     click_model = load_click_model(data_dir)
     models = graded_models(demo, config.seeds)

@@ -37,7 +37,7 @@ from prm.config import ExperimentConfig, load_config
 from prm.data.batch import ListDataset
 from prm.data.examination import EXPLORE
 from prm.data.exploration import ExplorationLog, exploration_log
-from prm.data.loaders import load_list_data
+from prm.data.loaders import load_list_data, present_splits
 from prm.data.simulator import load_click_model, simulate_split, simulated_world
 from prm.evaluation.evaluate import expected_clicks, oracle_scores, score_lists
 from prm.evaluation.offpolicy import (
@@ -47,7 +47,7 @@ from prm.evaluation.offpolicy import (
     fit_position_based,
 )
 from prm.evaluation.report import markdown_table
-from prm.experiments.demo import ctr_sort_scores, demo_splits
+from prm.experiments.demo import ctr_sort_scores
 from prm.experiments.report import machine
 from prm.io import write_json
 from prm.pipeline import EVALUATOR, load_reranker, train_reranker
@@ -135,7 +135,7 @@ def main() -> None:
     demo, config, work = Path(args.demo), load_config(args.config), Path(args.work)
     budgets = sorted(int(b) for b in args.budgets.split(","))
     data_dir = demo / "data"
-    data = attach_pv(load_list_data(data_dir, splits=demo_splits(data_dir)), demo / "pretrain")
+    data = attach_pv(load_list_data(data_dir, splits=present_splits(data_dir)), demo / "pretrain")
     generator = load_reranker(demo / "runs" / EVALUATOR)
     evaluator = generator.evaluator
     seed = config.seeds[0]
