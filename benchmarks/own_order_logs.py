@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from position_bias import EpochCurve, OracleGain, curve_table, prepared_data
+from position_bias import EpochCurve, OracleGain, curve_table, fit_every_epoch, prepared_data
 
 from prm.config import ExperimentConfig, load_config
 from prm.data.batch import ListDataset
@@ -32,7 +32,6 @@ from prm.data.simulator import ClickModel, load_click_model
 from prm.evaluation.evaluate import score_lists
 from prm.evaluation.metrics import rank_order
 from prm.registry import ModelSpec
-from prm.training.trainer import fit_reranker
 
 
 def logged_in_order(
@@ -65,17 +64,8 @@ def train_round(
         if epoch == config.train.epochs:
             deployed["scores"] = score_lists(model, train)
 
-    total = max(epochs, config.train.epochs)
-    fit_reranker(
-        spec,
-        replace(config.train, epochs=total, patience=total),
-        train,
-        valid,
-        run_dir,
-        progress=False,
-        reports=False,
-        on_epoch=grade,
-    )
+    train_config = replace(config.train, epochs=max(epochs, config.train.epochs))
+    fit_every_epoch(spec, train_config, train, valid, run_dir, grade)
     return curve.points[:epochs], deployed["scores"]
 
 

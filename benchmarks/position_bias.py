@@ -92,18 +92,26 @@ def train_variant(
     )
     spec = ModelSpec.of("prm", model_config, train.d_feature, train.d_pv)
     curve = EpochCurve(OracleGain(click_model, valid), valid, name)
+    train_config = replace(config.train, epochs=epochs)
+    fit_every_epoch(spec, train_config, train, valid, run_dir, curve, examination=examination)
+    return curve.points
+
+
+def fit_every_epoch(spec, train_config, train, valid, run_dir, on_epoch, **options) -> None:
+    """``fit_reranker`` for all of ``train_config.epochs`` (no early stopping), quietly, with
+    ``on_epoch`` grading the model after each epoch."""
+    epochs = train_config.epochs
     fit_reranker(
         spec,
-        replace(config.train, epochs=epochs, patience=epochs),
+        replace(train_config, patience=epochs),
         train,
         valid,
         run_dir,
-        examination=examination,
         progress=False,
         reports=False,
-        on_epoch=curve,
+        on_epoch=on_epoch,
+        **options,
     )
-    return curve.points
 
 
 class OracleGain:

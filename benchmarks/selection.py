@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from position_bias import OracleGain
+from position_bias import OracleGain, fit_every_epoch
 
 from prm.config import load_config
 from prm.data.loaders import load_list_data
@@ -34,7 +34,6 @@ from prm.evaluation.report import markdown_table
 from prm.pipeline import EVALUATOR, load_reranker
 from prm.pretrain.training import attach_pv
 from prm.registry import ModelSpec
-from prm.training.trainer import fit_reranker
 
 RULES = ("estimated clicks (logs)", "validation loss (logs)", "true clicks (hidden truth)")
 
@@ -65,18 +64,15 @@ def epoch_curve(config, data, model_config, seed, evaluator, gains, run_dir) -> 
             flush=True,
         )
 
-    epochs = config.train.epochs
-    fit_reranker(
+    fit_every_epoch(
         spec,
-        replace(config.train, seed=seed, patience=epochs),
+        replace(config.train, seed=seed),
         train,
         valid,
         run_dir,
+        grade,
         examination=examination,
-        progress=False,
-        reports=False,
         estimator=EstimatedClicks(evaluator),
-        on_epoch=grade,
     )
     return rows
 
