@@ -162,31 +162,17 @@ def argv(command: str, built: Built, data: Path, out: Path) -> list[str]:
     return ["evaluate", *config, "--data", str(data), "--run", str(out)]
 
 
-# check-data (prm.data.check, outside this change) passes these: its finiteness check reads
-# float64 and has no bound on magnitude, and it does not bound topic ids.
-CHECK_DATA_MISSES = {"huge_topic", "overflow_feature", "huge_feature", "huge_profile"}
-# ... nor an empty split.
-CHECK_DATA_MISSES_LISTS = {"no_rows"}
-
-
 def cases() -> list:
     """(command, defect) pairs: each table through the commands that read it."""
     out = []
     for defect in ITEMS + USERS:
         for command in ("check-data", "pretrain", "train", "evaluate"):
-            marks = ()
-            if command == "check-data" and defect.name in CHECK_DATA_MISSES:
-                marks = pytest.mark.xfail(strict=True, reason="prm.data.check misses it")
-            out.append(pytest.param(command, defect, id=f"{command}-{defect.name}", marks=marks))
+            out.append(pytest.param(command, defect, id=f"{command}-{defect.name}"))
     for defect in lists("train"):
         for command in ("check-data", "pretrain", "train"):
             if command == "check-data" and defect.name == "missing":
                 continue  # a folder may hold any subset of the splits (docs/data.md)
-            marks = ()
-            if command == "check-data" and defect.name in CHECK_DATA_MISSES_LISTS:
-                marks = pytest.mark.xfail(strict=True, reason="prm.data.check misses it")
-            case_id = f"{command}-train-{defect.name}"
-            out.append(pytest.param(command, defect, id=case_id, marks=marks))
+            out.append(pytest.param(command, defect, id=f"{command}-train-{defect.name}"))
     for defect in lists("test"):
         out.append(pytest.param("evaluate", defect, id=f"evaluate-test-{defect.name}"))
     for defect in lists("valid")[:6]:

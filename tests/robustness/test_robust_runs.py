@@ -277,13 +277,7 @@ def _duplicate(table: pa.Table) -> pa.Table:
 @pytest.mark.parametrize(
     ("defect", "expect"),
     [
-        pytest.param(
-            "float_item_ids",
-            ("item_ids",),
-            marks=pytest.mark.xfail(
-                strict=True, reason="serving/batch.py truncates float ids (outside this change)"
-            ),
-        ),
+        ("float_item_ids", ("item_ids",)),
         ("duplicate", ("row 3", "duplicate")),
         ("garbage", ("not a readable Parquet",)),
         ("missing", ("not found",)),

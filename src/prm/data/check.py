@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from prm.data.examination import EXPLORE
 from prm.data.shards import PART_GLOB, lists_source
+from prm.data.tables import MAX_MAGNITUDE
 
 SPLITS = ("train", "valid", "test")  # the splits `prm pretrain` and the demo read
 
@@ -65,8 +66,13 @@ def check_data(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> list[V
         source = lists_source(data_dir, split)
         if not source.exists():
             continue  # each command reads the splits it needs, and says so if one is missing
-        for part in _parts(source, found):
-            _check_lists(part, n_items, n_users, explore=split == EXPLORE, found=found)
+        explore = split == EXPLORE
+        rows = [
+            _check_lists(part, n_items, n_users, explore=explore, found=found)
+            for part in _parts(source, found)
+        ]
+        if rows and all(n == 0 for n in rows):
+            found.append(Violation(source, "no lists (0 rows)"))
     files = {file: i for i, file in enumerate(dict.fromkeys(v.file for v in found))}
     # Each file's whole-file and column problems first, then its rows in order.
     return sorted(found, key=lambda v: (files[v.file], v.row is not None, v.row or 0))
@@ -113,6 +119,11 @@ def _check_items(path: Path, found: list[Violation]) -> int | None:
     topic = table.ints("topic")
     if topic is not None:
         table.report_rows(topic < 0, "topic", lambda r: f"negative topic {topic[r]}")
+        table.report_rows(
+            topic >= table.n_rows,
+            "topic",
+            lambda r: f"topic {topic[r]} not below the item count {table.n_rows} (one-hot)",
+        )
     features = table.lists("features", "float")
     if features is not None:
         features.one_length(table, "features")
@@ -138,11 +149,12 @@ def _check_users(path: Path, n_items: int | None, found: list[Violation]) -> int
 
 def _check_lists(
     path: Path, n_items: int | None, n_users: int | None, *, explore: bool, found: list[Violation]
-) -> None:
+) -> int | None:
+    """A list log; returns its row count (None when the file cannot be read)."""
     columns = ["list_id", "user_id", "item_ids"]
     table = _Table.read(path, [*columns, "initial_ranks"] if explore else columns, found)
     if table is None:
-        return
+        return None
     labels = [name for name in ("clicks", "labels") if name in table.names]
     if len(labels) != 1:
         found.append(
@@ -179,7 +191,7 @@ def _check_lists(
                 bad = ~((values.values >= 0) & np.isfinite(values.values))
                 values.report_values(table, label, bad, "is {value}, must be finite and >= 0")
     if not explore:
-        return
+        return table.n_rows
     ranks = table.lists("initial_ranks", "int")
     if ranks is not None:
         if items is not None:
@@ -197,6 +209,7 @@ def _check_lists(
                 propensities.same_length(table, "propensities", items)
             bad = ~((propensities.values > 0) & (propensities.values <= 1))  # NaN too
             propensities.report_values(table, "propensities", bad, "is {value}, not in (0, 1]")
+    return table.n_rows
 
 
 # --- one Parquet file and its columns -------------------------------------------------------
@@ -359,7 +372,11 @@ class _Lists:
         )
 
     def finite(self, table: _Table, column: str) -> None:
-        self.report_values(table, column, ~np.isfinite(self.values), "is {value}")
+        """Finite, and within ±MAX_MAGNITUDE, so that float32 values stay finite squared."""
+        bad = ~(np.abs(self.values) <= MAX_MAGNITUDE)  # NaN too
+        self.report_values(
+            table, column, bad, f"is {{value}}: not finite within ±{MAX_MAGNITUDE:.1e}"
+        )
 
     def in_range(self, table: _Table, column: str, n: int, what: str) -> None:
         bad = (self.values < 0) | (self.values >= n)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from prm.data.tables import DataError, padded_list_column
+from prm.data.tables import DataError, padded_list_column, require_ints
 from prm.io import atomic_path
 from prm.serving.predictor import Predictor
 
@@ -45,6 +45,7 @@ def rerank_chunk(
         if nulls.any():
             row = first_row + int(np.flatnonzero(nulls)[0])
             raise DataError(f"{path}: row {row}: {name} is null")
+    require_ints(table, path, "list_id", "user_id", "item_ids")  # 252.7 is not item 252
     list_ids = table.column("list_id").to_numpy().astype(np.int64)
     user_ids = table.column("user_id").to_numpy().astype(np.int64)
     item_ids, lengths = padded_list_column(table, "item_ids", path, np.int64)  # (N, L), (N,)
