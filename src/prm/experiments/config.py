@@ -19,9 +19,7 @@ from prm.config import (
     check_expect,
     from_dict,
 )
-from prm.data.click_simulation import (
-    ClickSimulation,
-)
+from prm.data.click_simulation import ClickSimulation
 from prm.rankers.dlcm import DLCMConfig
 from prm.rankers.gsf import GSFConfig
 from prm.rankers.midnn import MiDNNConfig

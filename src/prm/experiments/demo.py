@@ -24,10 +24,7 @@ from prm.data.examination import EXPLORE
 from prm.data.loaders import load_list_data, present_splits
 from prm.data.simulator import load_click_model, simulate
 from prm.evaluation.estimate import EstimatedClicks
-from prm.evaluation.evaluate import (
-    oracle_scores,
-    score_lists,
-)
+from prm.evaluation.evaluate import oracle_scores, score_lists
 from prm.experiments.report import machine
 from prm.experiments.summarize import compare, expected_figures, measure, pairwise_tests
 from prm.io import write_json

@@ -8,16 +8,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from prm.config import (
-    PretrainConfig,
-    PRMConfig,
-    TrainConfig,
-    from_dict,
-    to_dict,
-)
-from prm.data.click_simulation import (
-    ClickTarget,
-)
+from prm.config import PretrainConfig, PRMConfig, TrainConfig, from_dict, to_dict
+from prm.data.click_simulation import ClickTarget
 from prm.experiments.config import (
     LABELS,
     MOVIELENS_RANKER,

@@ -17,13 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from prm.config import (
-    EvalConfig,
-    ExperimentConfig,
-    PretrainConfig,
-    TrainConfig,
-    to_dict,
-)
+from prm.config import EvalConfig, ExperimentConfig, PretrainConfig, TrainConfig, to_dict
 from prm.data.batch import ListDataset
 from prm.data.click_simulation import (
     ClickTarget,

@@ -8,19 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from prm.config import (
-    EvalConfig,
-    ExperimentConfig,
-)
+from prm.config import EvalConfig, ExperimentConfig
 from prm.data.batch import ListDataset
-from prm.data.click_simulation import (
-    examination_by_rank,
-)
-from prm.evaluation.evaluate import (
-    evaluate_scores,
-    expected_clicks,
-    per_list_metrics,
-)
+from prm.data.click_simulation import examination_by_rank
+from prm.evaluation.evaluate import evaluate_scores, expected_clicks, per_list_metrics
 from prm.evaluation.metrics import lists_with_click
 from prm.evaluation.significance import mean_std, paired_test
 from prm.experiments.config import ESTIMATED_RANKS, HEADLINE, OWN_LOSS, TESTED, BenchmarkConfig
