@@ -82,12 +82,7 @@ def test_every_kind_exports_with_eager_scores_or_is_refused_by_name(
     capsys: pytest.CaptureFixture,
 ) -> None:
     if kind in NOT_EXPORTABLE:
-        run = train_run(kind, trained, tiny_config, tiny_data_dir)
-        out = tmp_path / "bundle"
-        ctr = str(trained[0] / CTR_MODEL)
-        assert main(["export", "--run", str(run), "--ctr", ctr, "--out", str(out)]) == 2
-        assert kind in capsys.readouterr().err
-        assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing written
+        assert_refused(kind, tmp_path, trained, tiny_config, tiny_data_dir, capsys)
         return
 
     torch.manual_seed(0)
@@ -128,14 +123,21 @@ def test_a_kind_marked_not_exportable_is_refused_by_name_before_anything_is_writ
     tiny_data_dir: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    run = train_run("dlcm", trained, tiny_config, tiny_data_dir)
     monkeypatch.setitem(NOT_EXPORTABLE, "dlcm", "a reason")
+    err = assert_refused("dlcm", tmp_path, trained, tiny_config, tiny_data_dir, capsys)
+    assert "a reason" in err
+
+
+def assert_refused(kind, tmp_path, trained, tiny_config, tiny_data_dir, capsys) -> str:
+    """`prm export` of a ``kind`` run exits 2 naming the kind, writing nothing; its stderr."""
+    run = train_run(kind, trained, tiny_config, tiny_data_dir)
     out = tmp_path / "bundle"
     ctr = str(trained[0] / CTR_MODEL)
     assert main(["export", "--run", str(run), "--ctr", ctr, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "dlcm" in err and "a reason" in err
-    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert kind in err
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing written
+    return err
 
 
 def test_a_baseline_bundle_serves_through_both_backends(

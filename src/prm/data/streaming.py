@@ -23,7 +23,7 @@ import torch
 from prm.data.batch import Batches, ListBatch, ListDataset, concat_lists
 from prm.data.loaders import LIST_COLUMNS, label_column, lists_dataset
 from prm.data.shards import shard_paths
-from prm.data.tables import DataError, ItemTable
+from prm.data.tables import DataError, ItemTable, open_parquet
 
 
 class InMemoryLists:
@@ -159,10 +159,7 @@ def _has_click(clicks: pa.ChunkedArray) -> np.ndarray:
 
 
 def _parquet_file(path: Path) -> pq.ParquetFile:
-    try:
-        file = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file ({error})") from error
+    file = open_parquet(path)
     missing = sorted(set(LIST_COLUMNS) - set(file.schema_arrow.names))
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")

@@ -21,13 +21,22 @@ class DataError(ValueError):
     """A data file that is missing or malformed; the message names the file and the row."""
 
 
-def read_table(path: str | Path, columns: dict[str, str]) -> pa.Table:
-    """Read a Parquet file and check it has ``columns`` (name -> description for errors)."""
-    path = Path(path)
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """A Parquet file ready to read, or a DataError saying it is missing or unreadable."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        table = pq.read_table(path)
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file ({error})") from error
+
+
+def read_table(path: str | Path, columns: dict[str, str]) -> pa.Table:
+    """Read a Parquet file and check it has ``columns`` (name -> description for errors)."""
+    path = Path(path)
+    file = open_parquet(path)
+    try:
+        table = file.read()
     except (pa.ArrowInvalid, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file ({error})") from error
     missing = [

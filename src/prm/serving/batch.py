@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from prm.data.tables import DataError, padded_list_column, require_ints
+from prm.data.tables import DataError, open_parquet, padded_list_column, require_ints
 from prm.io import atomic_path
 from prm.serving.predictor import Predictor
 
@@ -120,12 +120,7 @@ def rerank_parquet(
     call, so memory stays flat however long the log. The output appears only when complete.
     """
     lists_path = Path(lists_path)
-    if not lists_path.is_file():
-        raise DataError(f"{lists_path}: file not found")
-    try:
-        source = pq.ParquetFile(lists_path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataError(f"{lists_path}: not a readable Parquet file ({error})") from error
+    source = open_parquet(lists_path)
     missing = [name for name in COLUMNS if name not in source.schema_arrow.names]
     if missing:
         raise DataError(f"{lists_path}: missing column(s) {', '.join(missing)}")
