@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytrec_eval
 
-from prm.config import ConfigError, PRMConfig, TrainConfig
+from prm.config import ConfigError, PRMConfig, TrainConfig, from_dict
 from prm.data.batch import ListDataset
 from prm.data.click_simulation import ClickSimulation, examination_by_rank
 from prm.data.files import default_data_dir
@@ -19,12 +20,13 @@ from prm.experiments.config import (
     AblationConfig,
     BenchmarkConfig,
     ExaminationEstimator,
+    RankingFolder,
     load_benchmark_config,
 )
-from prm.experiments.plan import plan_runs, plan_tables
+from prm.experiments.plan import plan_ablations, plan_runs, plan_tables
 from prm.experiments.report import update_results_markdown
 from prm.experiments.run import ClickLogs, run_benchmark
-from prm.experiments.summarize import label_gain_shares
+from prm.experiments.summarize import choose, label_gain_shares
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = {"mq2008": "mq2008", "ml100k": "ml-100k", "lgbm_rank": "lgbm_rank"}
@@ -49,17 +51,86 @@ def test_mq2008_plan_covers_the_paper_tables() -> None:
     main = [t for t in tables if not t.ablation]
     assert [t.ranker for t in main] == ["lambdamart", "linear_pairwise", "pointwise_dnn"]
     names = [row.name for row in main[0].rows]
-    assert names == ["initial", "dlcm", "seq2slate", "setrank", "gsf", "midnn", "prm_base"]
-    losses = len(config.losses)
-    assert losses == 3
-    # Every row but Seq2Slate is trained once per candidate loss. The ablations' default row is
-    # the main table's PRM-BASE and the loss table's rows are its candidates: trained once.
-    per_fold_seed = 3 * (5 * losses + 1) + 5 * losses
-    assert len(plan_runs(config, tables)) == per_fold_seed * 5 * len(config.seeds)
+    assert names[:2] == ["initial", "full_data"]
+    assert names[2:] == ["dlcm", "seq2slate", "setrank", "gsf", "midnn", "prm_base"]
+    budget = config.tuning.budget
+    assert budget == 8 and all(len(row.candidates) == budget for row in main[0].rows[2:])
+    # Every re-ranker's 8 candidates on 3 initial rankers x 5 folds, on the tuning seed only.
+    candidates = plan_runs(config, tables, config.tuning.seeds)
+    assert len(candidates) == 3 * 6 * budget * 5 * len(config.tuning.seeds)
+    assert {run.seed for run in candidates.values()} == set(config.tuning.seeds)
+    chosen = [replace(t, rows=tuple(row.trained()[-1] for row in t.rows)) for t in tables]
+    (ablation,) = plan_ablations(config, chosen)
+    base = next(row for row in chosen[0].rows if row.name == "prm_base")
+    assert ablation.rows[0].model == base.model and ablation.rows[0].train == base.train
+    assert ablation.rows[1].model == {**base.model, "use_pe": False}
+
+
+def tuned(**grids) -> dict:
+    base = {
+        "name": "x",
+        "dataset": {"path": "mq2008", "folds": [1]},
+        "initial_rankers": ["lambdamart"],
+        "baselines": ["midnn", "seq2slate"],
+    }
+    return {**base, "tuning": {"grids": grids}}
+
+
+def test_tuning_grids_are_equal_in_size_and_checked_when_loaded() -> None:
+    midnn = {"dropout": [0.1, 0.3], "loss": ["softmax_ce", "list_mle"]}
+    seq2slate = {"d_hidden": [16, 32], "lr": [0.001, 0.003]}
+    prm = {"dropout": [0.1, 0.2], "use_pe": [True, False]}
+    config = from_dict(BenchmarkConfig, tuned(midnn=midnn, seq2slate=seq2slate, prm=prm))
+    assert config.tuning.budget == 4
+    (table,) = plan_tables(config)
+    row = next(r for r in table.rows if r.name == "prm_base")
+    assert [c.choice for c in row.candidates][1] == {"dropout": 0.1, "use_pe": False}
+    assert row.candidates[2].model["dropout"] == 0.2 and row.candidates[2].train.lr == 0.001
+    refused = {
+        "same number": tuned(midnn=midnn, seq2slate={"d_hidden": [16, 32]}, prm=prm),
+        "one grid per re-ranker": tuned(midnn=midnn, prm=prm),
+        "unknown field": tuned(midnn=midnn, seq2slate=seq2slate, prm={"width": [1, 2, 3, 4]}),
+        "has its own loss": tuned(
+            midnn=midnn, seq2slate={"loss": ["softmax_ce", "list_mle"], "lr": [1, 2]}, prm=prm
+        ),
+        "tuning.grids.prm.dropout": tuned(
+            midnn=midnn, seq2slate=seq2slate, prm={"dropout": [0.1, 2.0], "lr": [1e-3, 1e-2]}
+        ),
+        "tuning.grids.midnn.lr": tuned(
+            midnn={"lr": ["fast", 1e-3], "loss": ["list_mle", "softmax_ce"]},
+            seq2slate=seq2slate,
+            prm=prm,
+        ),
+    }
+    for message, data in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            from_dict(BenchmarkConfig, data)
+
+
+def test_choice_reads_validation_only() -> None:
+    """The chosen candidate has the best mean validation value over folds and tuning seeds,
+    whatever its test values."""
+    data = tuned(
+        midnn={"dropout": [0.1, 0.3]}, seq2slate={"d_hidden": [16, 32]}, prm={"lr": [1e-3, 3e-3]}
+    )
+    config = from_dict(BenchmarkConfig, {**data, "dataset": {"path": "mq2008", "folds": [1, 2]}})
+    (table,) = plan_tables(config)
+    records = {}
+    for key, run in plan_runs(config, [table], config.tuning.seeds).items():
+        second = run.row.choice in ({"dropout": 0.3}, {"d_hidden": 32}, {"lr": 3e-3})
+        valid = 0.7 if second == (run.fold == "Fold1") else 0.6  # second wins on Fold1 only
+        valid += 0.05 * second  # ... and on the mean over folds
+        records[key] = {"best_valid": valid, "test": {"ndcg@10": [1.0 - valid]}}
+    chosen = choose(config, table, {}, records)
+    for row in chosen.rows[2:]:
+        assert row.choice in ({"dropout": 0.3}, {"d_hidden": 32}, {"lr": 3e-3}), row.choice
+
+
+MQ2008_FOLD1 = RankingFolder("mq2008", folds=(1,))
 
 
 def test_losses_need_a_comparable_selection_metric(tmp_path: Path) -> None:
-    base = {"name": "x", "dataset": "mq2008", "folds": (1,), "initial_rankers": ("lambdamart",)}
+    base = {"name": "x", "dataset": MQ2008_FOLD1, "initial_rankers": ("lambdamart",)}
     with pytest.raises(ConfigError, match="two or more"):
         BenchmarkConfig(**base, losses=("list_mle",))
     with pytest.raises(ConfigError, match="do not compare"):
@@ -72,14 +143,18 @@ def test_losses_need_a_comparable_selection_metric(tmp_path: Path) -> None:
 
 def test_unknown_and_inconsistent_keys_are_rejected(tmp_path: Path) -> None:
     path = tmp_path / "bench.yaml"
-    path.write_text("name: x\ndataset: mq2008\nfolds: [1]\ninitial_rankers: [lambdamart]\n")
-    assert load_benchmark_config(path).folds == (1,)
+    head = "name: x\ndataset: {path: mq2008, folds: [1]}\ninitial_rankers: [lambdamart]\n"
+    path.write_text(head)
+    assert load_benchmark_config(path).dataset.folds == (1,)
     for text in [
-        "name: x\ndataset: mq2008\nfolds: [1]\ninitial_rankers: [lambdamart]\nepochs: 3\n",
-        "name: x\ndataset: mq2008\nfolds: [1]\ninitial_rankers: [lambdamart]\nquick: {typo: 1}\n",
-        "name: x\ndataset: mq2008\nfolds: [6]\ninitial_rankers: [lambdamart]\n",
+        head + "epochs: 3\n",
+        head + "quick: {typo: 1}\n",
+        head.replace("[1]", "[1, 1]"),
+        head.replace("[1]", "[0]"),
+        head + "losses: [list_mle, softmax_ce]\ntuning: {}\n",
         "name: x\ndataset: ml-100k\ninitial_rankers: [lambdamart]\n",
-        "name: x\ndataset: lgbm_rank\nfolds: [1]\ninitial_rankers: [lambdamart]\n",
+        "name: x\ndataset: mq2008\ninitial_rankers: [lambdamart]\n",
+        head.replace("folds: [1]", "query: x"),
     ]:
         path.write_text(text)
         with pytest.raises(ConfigError):
@@ -90,8 +165,7 @@ def test_prm_ablation_needs_users() -> None:
     with pytest.raises(ConfigError, match="PRM needs users"):
         BenchmarkConfig(
             name="x",
-            dataset="mq2008",
-            folds=(1,),
+            dataset=MQ2008_FOLD1,
             initial_rankers=("lambdamart",),
             ablations=(AblationConfig(title="t", base="prm"),),
         )
@@ -122,24 +196,45 @@ def test_quick_suite_runs_every_model(suite: str, tmp_path: Path) -> None:
     )
     main = results["tables"][0]
     expected = {"initial", *config.baselines, "prm_base"} | ({"prm"} if config.has_pv else set())
-    assert set(main["rows"]) == expected
+    assert set(main["rows"]) == expected | ({"full_data"} if config.letor else set())
     for table in results["tables"]:
         for row in table["rows"].values():
             assert all(math.isfinite(row[m]) for m in ("p@5", "map@10", "ndcg@10"))
     assert 0 < main["lists_with_relevant"] <= main["lists"]
-    if config.losses:  # each row's loss is its candidate of best mean validation value
-        for name, row in main["rows"].items():
-            valid = {}
-            for record in results["run_records"].values():
-                if record["row"] == name and record["ranker"] == main["ranker"]:
-                    valid.setdefault(record["loss"], []).append(record["best_valid"])
-            if len(valid) > 1:
-                assert row["loss"] == max(valid, key=lambda loss: sum(valid[loss]))
+    for name, row in main["rows"].items():  # the candidate of best mean validation value
+        valid = {}
+        for record in results["run_records"].values():
+            if record["row"] == name and record["ranker"] == main["ranker"]:
+                valid.setdefault(json.dumps(record["choice"]), []).append(record["best_valid"])
+        if len(valid) > 1:
+            best = max(valid, key=lambda choice: np.mean(valid[choice]))
+            assert row["chosen"] == json.loads(best)
+    if config.letor:
+        assert_full_query_ndcg_is_trec_eval(main, Path(results["trec_files"]) / main["ranker"])
     written = json.loads((tmp_path / "out" / "results" / f"{suite}.json").read_text())
     assert written["tables"][0]["rows"].keys() == main["rows"].keys()
     assert (tmp_path / "out" / "figures" / f"{suite}.png").stat().st_size > 0
     section = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "MAP convention 'prm'" in section and "excluded" in section
+
+
+def assert_full_query_ndcg_is_trec_eval(table: dict, folder: Path) -> None:
+    """trec_eval's ndcg_cut_10 of each row's run file over the qrels, averaged over the queries
+    with a relevant document, is the table's full-query NDCG@10 (one seed: the run's own)."""
+    qrels: dict[str, dict[str, int]] = {}
+    for line in (folder / "qrels").read_text().splitlines():
+        qid, _, doc, label = line.split()
+        qrels.setdefault(qid, {})[doc] = int(float(label))
+    relevant = [qid for qid, labels in qrels.items() if max(labels.values()) > 0]
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_10"})
+    for name, row in table["rows"].items():
+        run: dict[str, dict[str, float]] = {}
+        for line in (folder / f"{name}.run").read_text().splitlines():
+            qid, _, doc, _, score, _ = line.split()
+            run.setdefault(qid, {})[doc] = float(score)
+        per_query = evaluator.evaluate(run)
+        trec = np.mean([per_query[q]["ndcg_cut_10"] if q in per_query else 0.0 for q in relevant])
+        assert trec == pytest.approx(row["full_ndcg@10"], abs=1e-9), name
 
 
 # ----------------------------------------------------------------------------- clicks (ULTR)
@@ -151,8 +246,7 @@ def tiny_click_config(**fields) -> BenchmarkConfig:
     )
     settings = {
         "name": "ultr",
-        "dataset": "mq2008",
-        "folds": (1,),
+        "dataset": MQ2008_FOLD1,
         "initial_rankers": ("lambdamart",),
         "list_length": 6,
         "baselines": (),
@@ -189,13 +283,13 @@ def ranked_splits(n: int = 80, length: int = 6) -> dict[str, ListDataset]:
 def test_click_suite_config_and_plan() -> None:
     config = load_benchmark_config(suite_path("ultr_mq2008"))
     quick = load_benchmark_config(suite_path("ultr_mq2008"), quick=True)
-    assert len(config.seeds) >= 3 and config.folds == (1, 2, 3, 4, 5)
+    assert len(config.seeds) >= 3 and config.dataset.folds == (1, 2, 3, 4, 5)
     assert config.clicks == quick.clicks and quick.max_lists is not None
     assert {"naive", "ips_known", "ips_estimated", "labels"} <= set(config.clicks.targets)
     (table,) = plan_tables(config)
     assert table.clicks and [row.name for row in table.rows] == ["initial", *config.clicks.targets]
     assert [row.trained()[0].target for row in table.rows[1:]] == list(config.clicks.targets)
-    runs = plan_runs(config, [table])
+    runs = plan_runs(config, [table], config.seeds)
     assert len(runs) == len(config.clicks.targets) * len(config.losses) * 5 * len(config.seeds)
     with pytest.raises(ConfigError, match="baselines"):
         tiny_click_config(baselines=("dlcm",))

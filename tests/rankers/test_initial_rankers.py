@@ -11,10 +11,11 @@ from prm.evaluation.metrics import lists_with_click, ndcg_at_k, summarize
 from prm.rankers.base import Ranker, check_groups, pad_by_group
 from prm.rankers.initial_lists import (
     RANKERS,
+    RankingFiles,
     initial_lists,
     initial_ndcg,
-    letor_reranking_data,
     make_ranker,
+    reranking_lists,
 )
 from prm.rankers.linear_pairwise import preference_pairs
 
@@ -124,38 +125,59 @@ def test_initial_lists_sort_by_score_cut_to_l_and_pad() -> None:
     assert initial_ndcg(ideal) == pytest.approx(1.0)
 
 
-def _write_fold(fold: Path, sizes: dict[str, int]) -> None:
-    """A LETOR fold of planted queries; qids are disjoint across files."""
+def _write_fold(fold: Path, sizes: dict[str, int], *, group_files: bool = False) -> None:
+    """A LETOR fold of planted queries; qids are disjoint across files. ``group_files``: no
+    ``qid:`` on the lines, LightGBM group files ``<file>.query`` beside them instead."""
     fold.mkdir()
     start = 0
     for seed, (name, n_queries) in enumerate(sizes.items()):
         queries = planted_queries(n_queries, seed=seed, d=4)
         lines = []
         for q in range(n_queries):
+            qid = "" if group_files else f" qid:{start + q}"
             for row in range(queries.offsets[q], queries.offsets[q + 1]):
                 values = " ".join(f"{i + 1}:{v:.4f}" for i, v in enumerate(queries.features[row]))
-                lines.append(f"{int(queries.labels[row])} qid:{start + q} {values} #docid = d{row}")
+                lines.append(f"{int(queries.labels[row])}{qid} {values} #docid = d{row}")
         (fold / name).write_text("\n".join(lines) + "\n")
+        if group_files:
+            (fold / f"{name}.query").write_text("\n".join(map(str, queries.groups)) + "\n")
         start += n_queries
 
 
-def test_letor_reranking_data_uses_a_disjoint_half_for_the_ranker(tmp_path: Path) -> None:
+def test_reranking_lists_use_a_disjoint_half_for_the_ranker(tmp_path: Path) -> None:
     fold = tmp_path / "Fold1"
     _write_fold(fold, {"train.txt": 30, "vali.txt": 8, "test.txt": 10})
-    data = letor_reranking_data(
-        fold,
-        "lambdamart",
-        list_length=10,
-        seed=0,
-        cache_dir=tmp_path / "cache",
-        ranker_params=FAST["lambdamart"],
+    files = RankingFiles.in_folder(fold)
+    lists = reranking_lists(
+        files, "lambdamart", 10, 0, tmp_path / "cache", ranker_params=FAST["lambdamart"]
     )
+    data = lists.splits
     assert list(data) == ["train", "valid", "test"]
     assert [len(data[s]) for s in data] == [15, 8, 10]
     assert data["train"].list_ids.max() < 30 and data["valid"].list_ids.min() == 30
     assert data["test"].list_length == 10 and data["test"].mask.all()
-    again = letor_reranking_data(fold, "lambdamart", 10, 0, tmp_path / "cache")
-    other = letor_reranking_data(fold, "lambdamart", 10, 1, tmp_path / "cache")
+    again = reranking_lists(files, "lambdamart", 10, 0, tmp_path / "cache").splits
+    other = reranking_lists(files, "lambdamart", 10, 1, tmp_path / "cache").splits
     assert sorted(again["train"].list_ids) != sorted(other["train"].list_ids)
-    with pytest.raises(DataError, match="Fold9: LETOR fold folder not found"):
-        letor_reranking_data(tmp_path / "Fold9", "lambdamart", 10, 0, None)
+    with pytest.raises(DataError, match="Fold9: ranking folder not found"):
+        RankingFiles.in_folder(tmp_path / "Fold9")
+
+
+def test_reranking_lists_from_group_files_without_validation_file(tmp_path: Path) -> None:
+    """Queries from ``<file>.query``; no validation file: the re-rankers' half is split 3:1.
+    The full-data reference ranker scores every test document; each list keeps the labels of
+    its whole query for full-query metrics."""
+    folder = tmp_path / "sample"
+    _write_fold(folder, {"rank.train": 40, "rank.test": 6}, group_files=True)
+    files = RankingFiles.in_folder(folder, "rank.train", None, "rank.test")
+    lists = reranking_lists(files, "lambdamart", 4, 0, None, ranker_params=FAST["lambdamart"])
+    assert [len(lists.splits[s]) for s in ("train", "valid", "test")] == [15, 5, 6]
+    test, queries = lists.splits["test"], lists.queries["test"]
+    assert len(lists.reference_scores["test"]) == len(queries.labels)
+    full_labels = lists.query_labels("test")
+    assert full_labels.shape[0] == 6 and (full_labels.sum(1) >= test.labels.sum(1)).all()
+    assert (full_labels.sum(1) > test.labels.sum(1)).any()  # the cut drops relevant documents
+    scores = lists.reference_list_scores("test")
+    np.testing.assert_array_equal(
+        scores[test.mask], lists.reference_scores["test"][test.item_ids[test.mask]]
+    )

@@ -70,17 +70,25 @@ def rank_order(
 
 
 def _ranked_and_ideal(
-    scores: np.ndarray, labels: np.ndarray, mask: np.ndarray, positions: np.ndarray | None
+    scores: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray,
+    positions: np.ndarray | None,
+    ideal_labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels in ranked order and in ideal (label-descending) order, both (N, L), 0 at padding."""
+    """Labels in ranked order and in ideal (label-descending) order, both (N, L), 0 at padding.
+    The ideal order is of ``ideal_labels`` when given (N, M, 0 at padding), else of ``labels``."""
     mask = np.asarray(mask, dtype=bool)
     labels = np.where(mask, np.asarray(labels, dtype=np.float64), 0.0)  # (N, L)
     if np.shape(scores) != labels.shape:
         raise ValueError(f"scores {np.shape(scores)} and labels {labels.shape} differ in shape")
     order = rank_order(scores, mask, positions)  # (N, L)
     ranked = np.take_along_axis(labels, order, axis=-1)  # (N, L)
-    ideal = -np.sort(-labels, axis=-1)  # (N, L)
-    return ranked, ideal
+    if ideal_labels is None:
+        return ranked, -np.sort(-labels, axis=-1)
+    ideal = -np.sort(-np.asarray(ideal_labels, dtype=np.float64), axis=-1)[:, : labels.shape[1]]
+    width = labels.shape[1] - ideal.shape[1]
+    return ranked, np.pad(ideal, ((0, 0), (0, width)))  # (N, L): its top L
 
 
 def _discounts(k: int) -> np.ndarray:
@@ -180,14 +188,19 @@ def ranking_metrics(
     positions: np.ndarray | None,
     ks: Sequence[int] = (5, 10, 30),
     map_convention: MapConvention = "prm",
+    ideal_labels: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-list ``p@k``, ``map@k`` and ``ndcg@k`` for every ``k`` in ``ks``, each (N,) float64.
 
     Sorts once and shares the ranking across metrics; same conventions as the single metrics.
+    ``ideal_labels`` (N, M): the labels of the whole query each list was cut from, so that
+    IDCG (and MAP's "trec" denominator) count the relevant documents below the cut too; the
+    items ranked below the list are taken to follow it. NDCG@k is then trec_eval's
+    ``ndcg_cut_k`` of the list as a run over the query's judgments (k <= L).
     """
     for k in ks:
         _check_k(k)
-    ranked, ideal = _ranked_and_ideal(scores, labels, mask, positions)
+    ranked, ideal = _ranked_and_ideal(scores, labels, mask, positions, ideal_labels)
     out: dict[str, np.ndarray] = {}
     for k in ks:
         out[f"p@{k}"] = _precision(ranked, k)

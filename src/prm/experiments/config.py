@@ -4,10 +4,11 @@ whole when loaded. The names the tables print are here too."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 
 from prm.config import (
@@ -18,16 +19,15 @@ from prm.config import (
     TrainConfig,
     check_expect,
     from_dict,
+    to_dict,
 )
 from prm.data.click_simulation import ClickSimulation
+from prm.data.files import dataset_dir
 from prm.rankers.dlcm import DLCMConfig
 from prm.rankers.gsf import GSFConfig
 from prm.rankers.midnn import MiDNNConfig
 from prm.rankers.seq2slate import Seq2SlateConfig
 from prm.rankers.setrank import SetRankConfig
-
-Dataset = Literal["mq2008", "lgbm_rank", "ml-100k"]
-
 
 InitialRanker = Literal["lambdamart", "linear_pairwise", "pointwise_dnn"]
 
@@ -36,6 +36,9 @@ Baseline = Literal["dlcm", "seq2slate", "setrank", "gsf", "midnn"]
 
 
 Loss = Literal["softmax_ce", "list_mle", "approx_ndcg"]
+
+
+TUNED_TRAIN_FIELDS = {"lr", "weight_decay", "loss", "batch_size"}  # train fields a grid may set
 
 
 OWN_LOSS = {"seq2slate"}  # re-rankers with their own objective: list-loss candidates skip them
@@ -55,6 +58,7 @@ HEADLINE = "ndcg@10"  # drawn in the figure; with TESTED the p-value columns
 TESTED = ("ndcg@10", "map@10")  # metrics with p-value columns in the tables
 LABELS = {
     "initial": "initial ranking",
+    "full_data": "initial ranker on all training queries",
     "dlcm": "DLCM",
     "seq2slate": "Seq2Slate",
     "setrank": "SetRank",
@@ -73,6 +77,72 @@ LABELS = {
     "click_probability": "p(y) itself (diagnostic)",
     "labels_random_ties": "labels, random ties (diagnostic)",
 }
+
+
+@dataclass(frozen=True)
+class RankingFolder:
+    """Any LETOR-style ranking set: svmlight files with ``qid:`` on each line, or with a
+    LightGBM group file ``<file>.query`` beside each, any number of features. With ``folds``,
+    the files lie in ``<path>/Fold<k>/``; without, in ``<path>/``."""
+
+    path: str  # absolute, or relative to the data folder ($PRM_DATA_DIR, --data-dir)
+    folds: tuple[int, ...] = ()
+    train: str = "train.txt"
+    valid: str | None = "vali.txt"  # null: the re-rankers' half of train is split 3:1
+    test: str = "test.txt"
+
+    def __post_init__(self) -> None:
+        if any(k < 1 for k in self.folds) or len(set(self.folds)) != len(self.folds):
+            raise ConfigError(f"folds: distinct fold numbers >= 1, got {list(self.folds)}")
+
+    def fold_names(self) -> list[str]:
+        return [f"Fold{k}" for k in self.folds] or ["all"]
+
+    def folder(self, fold: str) -> Path:
+        """Where ``fold``'s files lie (``fold`` from :meth:`fold_names`)."""
+        root = Path(self.path) if Path(self.path).is_absolute() else dataset_dir(self.path)
+        return root if fold == "all" else root / fold
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """An equal, validation-only tuning budget: each re-ranker of the main tables is trained
+    with every configuration of its grid (the same number for all) on ``seeds``; the one with
+    the best mean validation selection metric over folds and seeds is then trained with every
+    seed of the suite and reported. Test lists are read once, at the end."""
+
+    # kind -> field -> candidate values; a field of the re-ranker's config, or of train: lr,
+    # weight_decay, loss (not for Seq2Slate, which has its own), batch_size
+    grids: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)  # the seeds every candidate is trained with
+    limit: int | None = None  # keep the first configurations of each grid (quick runs)
+
+    def __post_init__(self) -> None:
+        sizes = {}
+        for kind, grid in self.grids.items():
+            if not isinstance(grid, dict) or not grid:
+                raise ConfigError(f"tuning.grids.{kind}: a mapping of field -> list of values")
+            for name, values in grid.items():
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(f"tuning.grids.{kind}.{name}: a non-empty list of values")
+                if kind in OWN_LOSS and name == "loss":
+                    raise ConfigError(f"tuning.grids.{kind}.loss: {kind} has its own loss")
+            sizes[kind] = int(np.prod([len(v) for v in grid.values()]))
+        if len(set(sizes.values())) > 1:
+            raise ConfigError(
+                "tuning.grids: every re-ranker gets the same number of configurations, got "
+                + ", ".join(f"{k} {n}" for k, n in sizes.items())
+            )
+        if not self.seeds:
+            raise ConfigError("tuning.seeds: at least one seed is needed")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"tuning.limit: must be >= 1, got {self.limit}")
+
+    @property
+    def budget(self) -> int:
+        """Configurations each re-ranker is trained with."""
+        sizes = [int(np.prod([len(v) for v in g.values()])) for g in self.grids.values()]
+        return min(sizes[0], self.limit or sizes[0]) if sizes else 0
 
 
 @dataclass(frozen=True)
@@ -131,8 +201,7 @@ class BenchmarkConfig:
     """One suite: a dataset, its initial rankers, the re-rankers and how they are trained."""
 
     name: str
-    dataset: Dataset
-    folds: tuple[int, ...] = ()  # MQ2008 folds (1..5); empty for sets without folds
+    dataset: RankingFolder | Literal["ml-100k"]
     initial_rankers: tuple[InitialRanker, ...] = ()  # LETOR-style sets; ml-100k has its own
     list_length: int = 30  # L: top documents of the initial ranking that are re-ranked
     data_seed: int = 0  # query halves (initial ranker / re-rankers) and the initial ranker
@@ -147,6 +216,7 @@ class BenchmarkConfig:
     # one with the best validation selection metric (mean over folds and seeds) is reported.
     # Empty: every row uses train.loss.
     losses: tuple[Loss, ...] = ()
+    tuning: Tuning | None = None  # grids of every re-ranker (in place of ``losses``)
     evaluate: EvalConfig = field(default_factory=lambda: EvalConfig(ks=(5, 10)))
     ablations: tuple[AblationConfig, ...] = ()
     # Set: train PRM-BASE on simulated clicks (the unbiased learning-to-rank check) instead of
@@ -160,24 +230,24 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         check_expect(self.expect)
-        letor = self.dataset != "ml-100k"
-        if self.dataset == "mq2008" and not (self.folds and set(self.folds) <= {1, 2, 3, 4, 5}):
-            raise ConfigError(f"folds: mq2008 needs folds among 1..5, got {list(self.folds)}")
-        if self.dataset != "mq2008" and self.folds:
-            raise ConfigError(f"folds: {self.dataset} has no folds, got {list(self.folds)}")
+        letor = self.letor
         if letor != bool(self.initial_rankers):
             raise ConfigError(
-                f"initial_rankers: {self.dataset} needs "
-                + ("at least one" if letor else "none (its initial ranker is fixed)")
+                "initial_rankers: "
+                + ("a ranking folder needs at least one" if letor else "none for ml-100k")
             )
         if not self.seeds:
             raise ConfigError("seeds: at least one seed is needed")
         if len(self.losses) == 1:
             raise ConfigError("losses: give two or more candidates, or set train.loss instead")
-        if self.losses and self.train.selection_metric == "loss":
+        if self.losses and self.tuning is not None:
+            raise ConfigError("losses: with tuning, put loss in the grids instead")
+        if self.tuning is not None:
+            self._check_grids(self.tuning)
+        if (self.losses or self.tuning) and self.train.selection_metric == "loss":
             raise ConfigError(
-                "losses: choosing among list losses needs train.selection_metric other than "
-                "'loss' (the values of different losses do not compare)"
+                "losses, tuning: choosing among configurations needs train.selection_metric "
+                "other than 'loss' (the values of different losses do not compare)"
             )
         for ablation in self.ablations:
             if ablation.initial_ranker not in (None, *self.initial_rankers):
@@ -185,7 +255,7 @@ class BenchmarkConfig:
                     f"ablations: {ablation.title!r} uses initial ranker "
                     f"{ablation.initial_ranker!r}, not one of {list(self.initial_rankers)}"
                 )
-            if ablation.base == "prm" and letor:
+            if ablation.base == "prm" and self.letor:
                 raise ConfigError(f"ablations: {ablation.title!r}: PRM needs users (ml-100k)")
         if self.clicks is not None and (not letor or self.baselines or self.ablations):
             raise ConfigError(
@@ -193,10 +263,44 @@ class BenchmarkConfig:
                 "and trains PRM-BASE only: set baselines: [] and no ablations"
             )
 
+    def _check_grids(self, tuning: Tuning) -> None:
+        """Every trained row of the main table has a grid, naming only fields it has."""
+        kinds = {*self.baselines, "prm"}
+        if set(tuning.grids) != kinds:
+            raise ConfigError(
+                f"tuning.grids: one grid per re-ranker, for {sorted(kinds)} "
+                f"(PRM-BASE and PRM: prm), got {sorted(tuning.grids)}"
+            )
+        for kind, grid in tuning.grids.items():
+            model = self.model if kind == "prm" else getattr(self.baseline_configs, kind)
+            known = {f.name for f in fields(model)} | TUNED_TRAIN_FIELDS
+            unknown = sorted(set(grid) - known)
+            if unknown:
+                raise ConfigError(
+                    f"tuning.grids.{kind}: unknown field(s) {unknown} (known: {sorted(known)})"
+                )
+            for name, values in grid.items():  # each value valid on its own, named if not
+                base = self.train if name in TUNED_TRAIN_FIELDS else model
+                for value in values:
+                    from_dict(type(base), {**to_dict(base), name: value}, f"tuning.grids.{kind}.")
+
+    @property
+    def letor(self) -> bool:
+        """A LETOR-style ranking folder (ml-100k is the other kind)."""
+        return isinstance(self.dataset, RankingFolder)
+
     @property
     def has_pv(self) -> bool:
         """Only ml-100k has users, so only there is PV pre-trained and PRM trained."""
         return self.dataset == "ml-100k"
+
+    def fold_names(self) -> list[str]:
+        return self.dataset.fold_names() if self.letor else ["all"]
+
+    @property
+    def tested(self) -> tuple[str, ...]:
+        """Metrics with p-value columns: with ranking queries, NDCG@10 over the full query too."""
+        return (*TESTED, f"full_{HEADLINE}") if self.letor else TESTED
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

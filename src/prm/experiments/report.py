@@ -13,28 +13,32 @@ import numpy as np
 import torch
 
 from prm.evaluation.report import markdown_table, p_value_cell
-from prm.experiments.config import HEADLINE, LABELS, TESTED, TIE_NOISE, BenchmarkConfig
-from prm.experiments.summarize import metric_names
+from prm.experiments.config import HEADLINE, LABELS, TIE_NOISE, BenchmarkConfig
+from prm.experiments.plan import Table
+from prm.experiments.summarize import metric_names, row_top_documents
 from prm.io import atomic_path
+from prm.rankers.initial_lists import FoldLists
 
 
 def render_table(summary: dict[str, Any], config: BenchmarkConfig) -> str:
     """A markdown table: test metrics as mean ± std over seeds, the validation value that
     selected the epochs, then paired t-test p-values."""
-    metrics = metric_names(config.evaluate)
+    metrics = metric_names(config.evaluate, config.letor)
     references = summary["references"]
     header = ["model" if not summary["ablation"] else "variant"]
-    convention = config.evaluate.map_convention
-    header += [f"{m.upper()} ({convention})" if m.startswith("map") else m.upper() for m in metrics]
+    header += [_metric_header(m, config) for m in metrics]
     valid = f"valid {config.train.selection_metric.upper()}"
     header.append(f"{valid} (own targets)" if summary["clicks"] else valid)
     if config.losses:
         header.append("loss (chosen on valid)")
+    if config.tuning is not None:
+        header.append("configuration chosen on valid")
     shares = any("label_gain_share" in row for row in summary["rows"].values())
     if shares:
         header.append("share of the label-trained gain")
     for reference in references.values():
-        header.append(f"p vs {LABELS.get(reference, reference)} (NDCG@10 / MAP@10)")
+        tested = " / ".join(_metric_header(m, config) for m in config.tested)
+        header.append(f"p vs {LABELS.get(reference, reference)} ({tested})")
     lines = []
     for name, row in summary["rows"].items():
         cells = [LABELS.get(name, name)]
@@ -42,6 +46,9 @@ def render_table(summary: dict[str, Any], config: BenchmarkConfig) -> str:
         cells.append("–" if row["valid"] is None else f"{row['valid']:.4f}")
         if config.losses:
             cells.append(row["loss"] or "–")
+        if config.tuning is not None:
+            chosen = row.get("chosen") or {}
+            cells.append(", ".join(f"{k} {v}" for k, v in chosen.items()) or "–")
         if shares:
             cells.append(
                 f"{100 * row['label_gain_share']:.0f} % ± {100 * row['label_gain_share_std']:.0f}"
@@ -49,12 +56,21 @@ def render_table(summary: dict[str, Any], config: BenchmarkConfig) -> str:
                 else "–"
             )
         for label in references:
-            pvalues = [row.get(f"p_{m}_vs_{label}") for m in TESTED]
+            pvalues = [row.get(f"p_{m}_vs_{label}") for m in config.tested]
             cells.append(
                 "–" if pvalues[0] is None else " / ".join(p_value_cell(p) for p in pvalues)
             )
         lines.append(cells)
     return markdown_table(header, lines)
+
+
+def _metric_header(metric: str, config: BenchmarkConfig) -> str:
+    name, k = metric.upper().split("@")
+    if name == "MAP":
+        return f"MAP@{k} ({config.evaluate.map_convention})"
+    if name == "FULL_NDCG":
+        return f"NDCG@{k} (full query)"
+    return f"{name}@{k} (cut list)" if name == "NDCG" and config.letor else f"{name}@{k}"
 
 
 def plot_suite(summaries: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -94,11 +110,45 @@ def plot_suite(summaries: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def _tuning_text(config: BenchmarkConfig) -> str:
+    tuning = config.tuning
+    grids = "; ".join(
+        f"{LABELS.get(kind, kind) if kind != 'prm' else 'PRM-BASE'}: "
+        + ", ".join(f"{name} {values}" for name, values in grid.items())
+        for kind, grid in tuning.grids.items()
+    )
+    seeds = ", ".join(str(s) for s in tuning.seeds)
+    return (
+        f"; equal tuning budget: each re-ranker was trained with the {tuning.budget} "
+        f"configurations of its grid ({config.train.epochs} epochs at most each) on seed(s) "
+        f"{seeds}, and the one of best mean validation {config.train.selection_metric} over "
+        f"folds was then trained with every seed and reported (grids: {grids})"
+    )
+
+
+def _full_query_text(config: BenchmarkConfig, summary: dict[str, Any]) -> str:
+    return (
+        f" NDCG (cut list) judges the top {config.list_length} documents of the initial ranking "
+        "against the best order of those documents, the re-ranking view; NDCG (full query) "
+        "against the best order of all the query's documents (those below the cut follow it), "
+        "as trec_eval's ndcg_cut_k on a run file, comparable with published LETOR figures; it "
+        f"averages the {summary['queries_with_relevant']} test queries with a relevant document."
+        + (
+            " 'Initial ranker on all training queries' is the initial ranker with the same "
+            "settings fitted on all of the fold's training queries (the re-rankers' half too): on "
+            "the cut lists it orders the same documents, over the full query it ranks them all."
+            if "full_data" in summary["rows"]
+            else ""
+        )
+    )
+
+
 def _protocol(config: BenchmarkConfig, summary: dict[str, Any]) -> str:
+    folds = config.dataset.folds if config.letor else ()
     folds_text = (
-        f"Test lists of fold(s) {', '.join(map(str, config.folds))} joined (each query is "
+        f"Test lists of fold(s) {', '.join(map(str, folds))} joined (each query is "
         "tested in one fold)"
-        if config.folds
+        if folds
         else "One test split"
     )
     seeds = ", ".join(str(s) for s in config.seeds)
@@ -118,6 +168,7 @@ def _protocol(config: BenchmarkConfig, summary: dict[str, Any]) -> str:
             if config.losses
             else ""
         )
+        + (_tuning_text(config) if config.tuning is not None else "")
         + f". MAP convention '{config.evaluate.map_convention}'"
         + (
             " (AP@k divides by the relevant items in the top k, as the PRM authors' code)."
@@ -125,6 +176,7 @@ def _protocol(config: BenchmarkConfig, summary: dict[str, Any]) -> str:
             else " (AP@k divides by all relevant items of the list, as trec_eval)."
         )
         + " p: paired t-test on per-list values averaged over seeds."
+        + (_full_query_text(config, summary) if "queries_with_relevant" in summary else "")
     )
 
 
@@ -211,6 +263,38 @@ RESULTS_HEADER = (
     "Written by `prm benchmark <suite>` (src/prm/experiments/): one section per suite, replaced "
     "when that suite runs again. Numbers are measured by the command shown in each section.\n"
 )
+
+
+def write_trec_files(
+    config: BenchmarkConfig,
+    tables: list[Table],
+    lists: dict[str, FoldLists],
+    records: dict[str, dict[str, Any]],
+    folder: Path,
+) -> None:
+    """Per main table: ``qrels`` (every test document's label) and one TREC run file per row
+    (its first seed; the top ranks of each test list), folds joined with query ids
+    ``<fold>-<qid>``, so ``trec_eval -m ndcg_cut.10 qrels <row>.run`` gives the full-query
+    NDCG of the table."""
+    for table in (t for t in tables if not t.ablation):
+        units = {fold: lists[f"{table.ranker}/{fold}"] for fold in config.fold_names()}
+        qrels = []
+        for fold, unit in units.items():
+            queries = unit.queries["test"]
+            for q, qid in enumerate(queries.qids[: len(unit.splits["test"])]):
+                for doc in range(queries.offsets[q], queries.offsets[q + 1]):
+                    qrels.append(f"{fold}-{qid} 0 d{doc} {queries.labels[doc]:g}")
+        with atomic_path(folder / table.ranker / "qrels") as tmp:
+            tmp.write_text("\n".join(qrels) + "\n")
+        for row in table.rows:
+            lines = []
+            tops = row_top_documents(config, table, row, lists, records)
+            for (fold, unit), top in zip(units.items(), tops, strict=True):
+                for qid, docs in zip(unit.splits["test"].list_ids, top, strict=True):
+                    for rank, doc in enumerate(d for d in docs if d >= 0):
+                        lines.append(f"{fold}-{qid} Q0 d{doc} {rank + 1} {-rank} {row.name}")
+            with atomic_path(folder / table.ranker / f"{row.name}.run") as tmp:
+                tmp.write_text("\n".join(lines) + "\n")
 
 
 def update_results_markdown(path: Path, suite: str, section: str) -> None:

@@ -26,67 +26,60 @@ from prm.data.click_simulation import (
     ips_labels,
     simulate_clicks,
 )
-from prm.data.files import dataset_dir
-from prm.data.letor import load_ranking_file, split_queries
 from prm.data.loaders import ListData, load_list_data
 from prm.data.movielens import MovieLensProtocol, convert_movielens
-from prm.evaluation.evaluate import per_list_metrics, score_lists
+from prm.evaluation.evaluate import score_lists
 from prm.experiments.config import CLICK_SPLITS, TIE_NOISE, BenchmarkConfig
-from prm.experiments.plan import Run, Table, folds, plan_runs, plan_tables
-from prm.experiments.report import machine, plot_suite, render_section, update_results_markdown
-from prm.experiments.summarize import expected_figures, summarize_table
+from prm.experiments.plan import (
+    Run,
+    Table,
+    candidate_seeds,
+    plan_ablations,
+    plan_runs,
+    plan_tables,
+)
+from prm.experiments.report import (
+    machine,
+    plot_suite,
+    render_section,
+    update_results_markdown,
+    write_trec_files,
+)
+from prm.experiments.summarize import (
+    choose,
+    expected_figures,
+    summarize_table,
+    test_metrics,
+    top_documents,
+)
 from prm.io import write_json
 from prm.pretrain.training import REPORT, attach_pv, pretrain
-from prm.rankers.initial_lists import fit_ranker, initial_lists, letor_reranking_data, make_ranker
+from prm.rankers.initial_lists import FoldLists, RankingFiles, reranking_lists
 from prm.registry import ModelSpec
 from prm.training.trainer import TrainState, fit_reranker
 
 
-def _head(dataset: ListDataset, max_lists: int | None) -> ListDataset:
-    return dataset if max_lists is None else dataset.subset(np.arange(min(max_lists, len(dataset))))
-
-
-def lgbm_rank_lists(
-    ranker_name: str, list_length: int, seed: int, cache_dir: Path
-) -> dict[str, ListDataset]:
-    """LightGBM's ranking sample as re-ranking lists: as for LETOR, the initial ranker is fitted
-    on a seeded half of ``rank.train``'s queries; the sample has no validation file, so the
-    other half is split 3:1 into ``train`` and ``valid``; ``rank.test`` gives ``test``."""
-    root = dataset_dir("lgbm_rank")
-    train = load_ranking_file(
-        root / "rank.train", cache_dir=cache_dir, group_path=root / "rank.train.query"
-    )
-    test = load_ranking_file(
-        root / "rank.test",
-        cache_dir=cache_dir,
-        group_path=root / "rank.test.query",
-        n_features=train.n_features,
-    )
-    ranker_half, reranker_half = split_queries(train, 0.5, seed)
-    rerank_train, valid = split_queries(reranker_half, 0.75, seed)
-    ranker = fit_ranker(make_ranker(ranker_name, seed=seed), ranker_half)
-    queries = {"train": rerank_train, "valid": valid, "test": test}
-    return {s: initial_lists(ranker, q, list_length=list_length) for s, q in queries.items()}
-
-
-def load_lists(
+def load_fold(
     config: BenchmarkConfig, ranker: str, fold: str, work_dir: Path
-) -> ListData | dict[str, ListDataset]:
-    """The lists one initial ranker gives on one fold: the ``ListData`` of ml-100k (users and
-    items, for pre-training), the three splits of a LETOR-style set."""
-    cache = work_dir / "cache"
-    if config.dataset == "ml-100k":
-        folder = work_dir / "ml-100k"
-        convert_movielens(folder, protocol=MovieLensProtocol(list_length=config.list_length))
-        data = load_list_data(folder)
-        splits = {s: _head(d, config.max_lists) for s, d in data.splits.items()}
-        return replace(data, splits=splits)
-    if config.dataset == "mq2008":
-        fold_dir = dataset_dir("mq2008") / fold
-        splits = letor_reranking_data(fold_dir, ranker, config.list_length, config.data_seed, cache)
-    else:
-        splits = lgbm_rank_lists(ranker, config.list_length, config.data_seed, cache)
-    return {s: _head(d, config.max_lists) for s, d in splits.items()}
+) -> tuple[FoldLists, ListData | None]:
+    """The lists one initial ranker gives on one fold; for ml-100k also its ``ListData``
+    (users and items, for pre-training)."""
+    if config.letor:
+        files = RankingFiles.in_folder(
+            config.dataset.folder(fold),
+            config.dataset.train,
+            config.dataset.valid,
+            config.dataset.test,
+        )
+        lists = reranking_lists(
+            files, ranker, config.list_length, config.data_seed, work_dir / "cache"
+        )
+        return lists.head(config.max_lists), None
+    folder = work_dir / "ml-100k"
+    convert_movielens(folder, protocol=MovieLensProtocol(list_length=config.list_length))
+    data = load_list_data(folder)
+    lists = FoldLists(data.splits, {}, {}).head(config.max_lists)
+    return lists, replace(data, splits=lists.splits)
 
 
 def with_pv(
@@ -126,18 +119,23 @@ def fit_quietly(
 
 
 def train_and_test(
-    run: Run, splits: dict[str, ListDataset], run_dir: Path, evaluate: EvalConfig
+    run: Run,
+    splits: dict[str, ListDataset],
+    lists: FoldLists,
+    run_dir: Path,
+    evaluate: EvalConfig,
 ) -> dict[str, Any]:
-    """Fit on ``train``, keep the best epoch on ``valid``, and return per-list test metrics."""
+    """Fit on ``train``, keep the best epoch on ``valid``, and return per-list test metrics
+    (of ``lists``' test lists, which ``splits`` may hold with PV or relabelled)."""
     train_config = replace(run.row.train, seed=run.seed)
     started = time.perf_counter()
     train = splits["train"]
     spec = ModelSpec(run.row.kind, run.row.model, train.d_feature, train.d_pv)
     model, state = fit_quietly(spec, train_config, splits, run_dir, evaluate)
-    test = splits["test"]
-    scores = score_lists(model, test, device=train_config.device)
-    per_list = per_list_metrics(scores, test, evaluate)
+    scores = score_lists(model, splits["test"], device=train_config.device)
+    per_list = test_metrics(scores, lists, evaluate)
     return {
+        "test_top": top_documents(scores, lists, evaluate).tolist(),
         "best_epoch": state.best_epoch,
         "epochs": state.epoch,
         "best_valid": state.best_metric,
@@ -244,73 +242,99 @@ class ClickLogs:
         return (lists.labels + self.tie_noise[split]) * lists.mask  # labels_random_ties
 
 
-def _by_unit(runs: dict[str, Run]) -> dict[tuple[str, str], dict[str, Run]]:
-    """Runs grouped by (initial ranker, fold), so each fold's lists are built once."""
-    units: dict[tuple[str, str], dict[str, Run]] = {}
-    for key, run in runs.items():
-        units.setdefault((run.ranker, run.fold), {})[key] = run
-    return units
+class Execution:
+    """A suite's lists and training runs: every unit's lists are built once, each run is
+    trained once (or, with ``resume``, read back) and recorded by key."""
+
+    def __init__(
+        self, config: BenchmarkConfig, work_dir: Path, *, resume: bool, progress: bool
+    ) -> None:
+        self.config, self.work_dir = config, work_dir
+        self.resume, self.progress = resume, progress
+        self.lists: dict[str, FoldLists] = {}  # by "ranker/fold"
+        self.data: dict[str, ListData] = {}  # ml-100k's, for pre-training
+        self.logs: dict[str, ClickLogs] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.seconds = {"data": 0.0, "pretrain": 0.0, "train": 0.0}
+        if config.clicks is not None:
+            self.seconds["examination estimates"] = 0.0
+        self.pv: dict[str, dict[str, ListDataset]] = {}
+
+    def load(self, tables: list[Table]) -> None:
+        started = time.perf_counter()
+        for ranker, fold in sorted(
+            {(t.ranker, f) for t in tables for f in self.config.fold_names()}
+        ):
+            unit = f"{ranker}/{fold}"
+            lists, data = load_fold(self.config, ranker, fold, self.work_dir)
+            self.lists[unit] = lists
+            if data is not None:
+                self.data[unit] = data
+            if self.config.clicks is not None:
+                self.logs[unit] = ClickLogs(self.config, ranker, fold, lists.splits, self.work_dir)
+        self.seconds["data"] += time.perf_counter() - started
+
+    def train(self, runs: dict[str, Run], stage: str) -> None:
+        """Train ``runs`` (those not recorded yet), unit by unit."""
+        todo = {key: run for key, run in runs.items() if key not in self.records}
+        bar = tqdm(total=len(todo), desc=f"{self.config.name}: {stage}", disable=not self.progress)
+        for key, run in sorted(todo.items(), key=lambda item: (item[1].ranker, item[1].fold)):
+            bar.set_postfix_str(f"{run.ranker} {run.fold} {run.row.name} seed {run.seed}")
+            record_path = self.work_dir / "runs" / key / "record.json"
+            if self.resume and record_path.is_file():
+                self.records[key] = json.loads(record_path.read_text())
+            else:
+                self.records[key] = self._train(run, record_path)
+            bar.update()
+        bar.close()
+        if self.logs:
+            self.seconds["examination estimates"] = sum(
+                logs.estimate_seconds for logs in self.logs.values()
+            )
+
+    def _train(self, run: Run, record_path: Path) -> dict[str, Any]:
+        unit = f"{run.ranker}/{run.fold}"
+        lists = self.lists[unit]
+        splits = lists.splits
+        pretrain_config = run.pretrain_config(self.config)
+        if pretrain_config is not None:
+            pv_key = json.dumps([unit, to_dict(pretrain_config)])
+            if pv_key not in self.pv:
+                started = time.perf_counter()
+                data = self.data[unit]
+                self.pv[pv_key] = with_pv(data, pretrain_config, self.work_dir, self.resume)
+                self.seconds["pretrain"] += time.perf_counter() - started
+            splits = self.pv[pv_key]
+        logs = self.logs.get(unit)
+        if logs is not None:
+            splits = logs.training_splits(run.row.target, run.seed)
+        record = train_and_test(run, splits, lists, record_path.parent, self.config.evaluate)
+        if run.row.target == "ips_estimated":
+            record["examination_estimate"] = logs.estimates[run.seed]
+        record.update(row=run.row.name, kind=run.row.kind, ranker=run.ranker, fold=run.fold)
+        record["loss"] = run.row.train.loss
+        record["choice"] = run.row.choice
+        record["seed"] = run.seed
+        write_json(record_path, record)
+        self.seconds["train"] += record["seconds"]
+        return record
 
 
 def execute(
-    config: BenchmarkConfig,
-    tables: list[Table],
-    work_dir: Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-) -> tuple[dict[str, dict[str, ListDataset]], dict[str, dict[str, Any]], dict[str, float]]:
-    """Train every planned run; return the splits by "ranker/fold", the run records by key and
-    seconds per stage (data, pretrain, train, and with clicks the examination estimates)."""
-    runs = plan_runs(config, tables)
-    unit_names = {(t.ranker, f) for t in tables for f in folds(config)}
-    records: dict[str, dict[str, Any]] = {}
-    lists: dict[str, dict[str, ListDataset]] = {}
-    seconds = {"data": 0.0, "pretrain": 0.0, "train": 0.0}
-    if config.clicks is not None:
-        seconds["examination estimates"] = 0.0
-    bar = tqdm(total=len(runs), desc=f"{config.name}: training runs", disable=not progress)
-    grouped = _by_unit(runs)
-    for ranker, fold in sorted(unit_names):
-        started = time.perf_counter()
-        data = load_lists(config, ranker, fold, work_dir)
-        splits = data.splits if isinstance(data, ListData) else data
-        lists[f"{ranker}/{fold}"] = splits
-        logs = ClickLogs(config, ranker, fold, splits, work_dir) if config.clicks else None
-        seconds["data"] += time.perf_counter() - started
-        pv_cache: dict[str, dict[str, ListDataset]] = {}
-        for key, run in grouped.get((ranker, fold), {}).items():
-            bar.set_postfix_str(f"{ranker} {fold} {run.row.name} seed {run.seed}")
-            record_path = work_dir / "runs" / key / "record.json"
-            if resume and record_path.is_file():
-                records[key] = json.loads(record_path.read_text())
-                bar.update()
-                continue
-            run_splits = splits
-            pretrain_config = run.pretrain_config(config)
-            if pretrain_config is not None and isinstance(data, ListData):
-                pv_key = json.dumps(to_dict(pretrain_config))
-                if pv_key not in pv_cache:
-                    started = time.perf_counter()
-                    pv_cache[pv_key] = with_pv(data, pretrain_config, work_dir, resume)
-                    seconds["pretrain"] += time.perf_counter() - started
-                run_splits = pv_cache[pv_key]
-            if logs is not None:
-                run_splits = logs.training_splits(run.row.target, run.seed)
-            record = train_and_test(run, run_splits, record_path.parent, config.evaluate)
-            if run.row.target == "ips_estimated":
-                record["examination_estimate"] = logs.estimates[run.seed]
-            record.update(row=run.row.name, kind=run.row.kind, ranker=ranker, fold=fold)
-            record["loss"] = run.row.train.loss
-            record["seed"] = run.seed
-            write_json(record_path, record)
-            records[key] = record
-            seconds["train"] += record["seconds"]
-            bar.update()
-        if logs is not None:
-            seconds["examination estimates"] += logs.estimate_seconds
-    bar.close()
-    return lists, records, seconds
+    config: BenchmarkConfig, work_dir: Path, *, resume: bool = False, progress: bool = True
+) -> tuple[list[Table], Execution]:
+    """Train every candidate of the main tables on the candidate seeds, choose each row's
+    configuration on validation, then train the chosen rows and the ablations on every seed.
+    Returns the tables as reported (one configuration per row) and the execution."""
+    execution = Execution(config, work_dir, resume=resume, progress=progress)
+    tables = plan_tables(config)
+    execution.load(tables)
+    candidates = plan_runs(config, tables, candidate_seeds(config))
+    execution.train(candidates, "candidates")
+    chosen = [choose(config, t, execution.lists, execution.records) for t in tables]
+    chosen += plan_ablations(config, chosen)
+    execution.train(plan_runs(config, chosen, config.seeds), "chosen, every seed")
+    return chosen, execution
 
 
 def _seconds_per_run(records: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -337,12 +361,15 @@ def run_benchmark(
     load_start = os.getloadavg()[0]
     torch.set_num_threads(config.threads)
     out_dir, work_dir = Path(out_dir), Path(work_dir) / config.name
-    tables = plan_tables(config)
-    lists, records, seconds = execute(config, tables, work_dir, resume=resume, progress=progress)
+    tables, execution = execute(config, work_dir, resume=resume, progress=progress)
+    lists, records, seconds = execution.lists, execution.records, execution.seconds
     summaries = [summarize_table(config, table, lists, records) for table in tables]
     figure = out_dir / "figures" / f"{config.name}.png"
     json_path = out_dir / "results" / f"{config.name}.json"
     plot_suite(summaries, figure, f"{config.name}: NDCG@10, mean ± std over seeds")
+    trec = work_dir / "trec"
+    if config.letor:
+        write_trec_files(config, tables, lists, records, trec)
     seconds["total"] = time.perf_counter() - started
     results = {
         "suite": config.name,
@@ -354,6 +381,7 @@ def run_benchmark(
         "runs": len(records),
         "seconds_per_run": _seconds_per_run(records),
         "figure": str(figure),
+        "trec_files": str(trec) if config.letor else None,
         "json": str(json_path),
         "tables": summaries,
         "expected": expected_figures(
@@ -366,7 +394,7 @@ def run_benchmark(
             {} if quick else config.expect,  # quick settings measure nothing
         ),
         "run_records": {
-            key: {k: v for k, v in record.items() if k not in ("test", "history")}
+            key: {k: v for k, v in record.items() if k not in ("test", "test_top", "history")}
             for key, record in records.items()
         },
         "config": to_dict(config),

@@ -11,32 +11,116 @@ import numpy as np
 from prm.config import EvalConfig, ExperimentConfig
 from prm.data.batch import ListDataset
 from prm.data.click_simulation import examination_by_rank
-from prm.evaluation.evaluate import evaluate_scores, expected_clicks, per_list_metrics
-from prm.evaluation.metrics import lists_with_click
+from prm.evaluation.evaluate import expected_clicks, per_list_metrics
+from prm.evaluation.metrics import lists_with_click, rank_order, ranking_metrics, summarize
 from prm.evaluation.significance import mean_std, paired_test
-from prm.experiments.config import ESTIMATED_RANKS, HEADLINE, OWN_LOSS, TESTED, BenchmarkConfig
-from prm.experiments.plan import Row, Run, Table, folds
+from prm.experiments.config import ESTIMATED_RANKS, HEADLINE, OWN_LOSS, BenchmarkConfig
+from prm.experiments.plan import Row, Run, Table, candidate_seeds
+from prm.rankers.base import pad_by_group
+from prm.rankers.initial_lists import FoldLists
 
 
-def metric_names(evaluate: EvalConfig) -> list[str]:
-    return [f"{m}@{k}" for m in ("p", "map", "ndcg") for k in evaluate.ks]
+def metric_names(evaluate: EvalConfig, letor: bool = False) -> list[str]:
+    """The metrics of a table: on the cut lists, and with ``letor`` NDCG over the full query."""
+    names = [f"{m}@{k}" for m in ("p", "map", "ndcg") for k in evaluate.ks]
+    return names + ([f"full_ndcg@{k}" for k in evaluate.ks] if letor else [])
+
+
+def test_metrics(
+    scores: np.ndarray, lists: FoldLists, evaluate: EvalConfig, split: str = "test"
+) -> dict[str, np.ndarray]:
+    """Per-list metrics of ``scores`` on ``split``'s lists; where the lists were cut from
+    ranking queries, also ``full_ndcg@k``: NDCG over the whole query (the documents below the
+    list follow it), as trec_eval's ``ndcg_cut_k`` scores the list as a run."""
+    data = lists.splits[split]
+    out = per_list_metrics(scores, data, evaluate)
+    query_labels = lists.query_labels(split)
+    if query_labels is not None:
+        full = ranking_metrics(
+            scores,
+            data.labels,
+            mask=data.mask,
+            positions=data.positions,
+            ks=evaluate.ks,
+            ideal_labels=query_labels,
+        )
+        out |= {f"full_ndcg@{k}": full[f"ndcg@{k}"] for k in evaluate.ks}
+    return out
+
+
+def top_documents(scores: np.ndarray, lists: FoldLists, evaluate: EvalConfig) -> np.ndarray:
+    """(N, max k) the test documents (rows of the test queries) at the top ranks of each list
+    in the order of ``scores``; -1 below a list's end. What a run file holds."""
+    data = lists.splits["test"]
+    order = rank_order(scores, data.mask, data.positions)[:, : max(evaluate.ks)]
+    docs = np.take_along_axis(data.item_ids, order, axis=1)
+    return np.where(np.take_along_axis(data.mask, order, axis=1), docs, -1)
+
+
+def row_top_documents(
+    config: BenchmarkConfig,
+    table: Table,
+    row: Row,
+    lists: dict[str, FoldLists],
+    records: dict[str, dict[str, Any]],
+) -> list[np.ndarray]:
+    """Per fold, :func:`top_documents` of ``row`` (its first seed); the full-data ranker's are
+    the top of the whole query, which it ranks itself."""
+    out = []
+    for fold in config.fold_names():
+        unit = lists[f"{table.ranker}/{fold}"]
+        test = unit.splits["test"]
+        if row.kind is not None:
+            key = Run(table.ranker, fold, config.seeds[0], row).key(config)
+            out.append(np.asarray(records[key]["test_top"]))
+        elif row.name == "full_data":
+            queries, n = unit.queries["test"], len(test)
+            scores, mask = pad_by_group(unit.reference_scores["test"], queries.groups)
+            docs, _ = pad_by_group(np.arange(len(queries.labels)), queries.groups)
+            order = rank_order(scores[:n], mask[:n])[:, : max(config.evaluate.ks)]
+            top = np.take_along_axis(docs[:n], order, axis=1)
+            out.append(np.where(np.take_along_axis(mask[:n], order, axis=1), top, -1))
+        else:
+            out.append(top_documents(-test.positions.astype(np.float32), unit, config.evaluate))
+    return out
+
+
+def reference_metrics(lists: FoldLists, evaluate: EvalConfig, split: str) -> dict[str, np.ndarray]:
+    """The full-data reference ranker's metrics: on the cut lists it orders their items; over
+    the full query it ranks every document of the query itself."""
+    out = test_metrics(lists.reference_list_scores(split), lists, evaluate, split)
+    queries = lists.queries[split]
+    n = len(lists.splits[split])
+    scores, mask = pad_by_group(lists.reference_scores[split], queries.groups)
+    labels, _ = pad_by_group(queries.labels, queries.groups)
+    full = ranking_metrics(scores[:n], labels[:n], mask=mask[:n], positions=None, ks=evaluate.ks)
+    return out | {f"full_ndcg@{k}": full[f"ndcg@{k}"] for k in evaluate.ks}
+
+
+FULL = f"full_{HEADLINE}"  # the headline metric over the full query
+
+
+def fixed_metrics(
+    row: Row, lists: FoldLists, evaluate: EvalConfig, split: str
+) -> dict[str, np.ndarray]:
+    """Per-list metrics of an untrained row: the initial ranking, or the full-data ranker."""
+    if row.name == "full_data":
+        return reference_metrics(lists, evaluate, split)
+    data = lists.splits[split]
+    return test_metrics(-data.positions.astype(np.float32), lists, evaluate, split)  # rank 0 first
 
 
 def _row_runs(
     config: BenchmarkConfig,
     table: Table,
     row: Row,
-    lists: dict[str, dict[str, ListDataset]],
+    lists: dict[str, FoldLists],
     records: dict[str, dict[str, Any]],
 ) -> list[dict[str, np.ndarray]]:
     """Per seed: per-list test metrics of the lists with a relevant item, all folds joined."""
-    if row.kind is None:  # the initial ranking: the same for every seed
-        per_fold = []
-        for fold in folds(config):
-            test = lists[f"{table.ranker}/{fold}"]["test"]
-            scores = -test.positions.astype(np.float32)  # rank 0 first
-            per_fold.append(per_list_metrics(scores, test, config.evaluate))
-        return [_join(config, table, per_fold, lists)]
+    units = [lists[f"{table.ranker}/{fold}"] for fold in config.fold_names()]
+    if row.kind is None:  # the same for every seed
+        return [_join([fixed_metrics(row, unit, config.evaluate, "test") for unit in units], units)]
     out = []
     for seed in config.seeds:
         per_fold = [
@@ -44,75 +128,76 @@ def _row_runs(
                 k: np.asarray(v)
                 for k, v in records[Run(table.ranker, fold, seed, row).key(config)]["test"].items()
             }
-            for fold in folds(config)
+            for fold in config.fold_names()
         ]
-        out.append(_join(config, table, per_fold, lists))
+        out.append(_join(per_fold, units))
     return out
 
 
-def _join(
-    config: BenchmarkConfig,
-    table: Table,
-    per_fold: list[dict[str, np.ndarray]],
-    lists: dict[str, dict[str, ListDataset]],
-) -> dict[str, np.ndarray]:
-    """Concatenate folds, keeping the lists with a relevant item."""
-    keep = [
-        lists_with_click(
-            lists[f"{table.ranker}/{f}"]["test"].labels, lists[f"{table.ranker}/{f}"]["test"].mask
-        )
-        for f in folds(config)
-    ]
-    return {
-        name: np.concatenate([run[name][k] for run, k in zip(per_fold, keep, strict=True)])
-        for name in per_fold[0]
-    }
+def _join(per_fold: list[dict[str, np.ndarray]], units: list[FoldLists]) -> dict[str, np.ndarray]:
+    """Concatenate folds, keeping the lists with a relevant item (for full-query metrics, the
+    lists whose query has one)."""
+    joined = {}
+    for name in per_fold[0]:
+        values = []
+        for run, unit in zip(per_fold, units, strict=True):
+            test = unit.splits["test"]
+            if name.startswith("full_"):
+                keep = unit.query_labels("test").max(axis=1, initial=0) > 0
+            else:
+                keep = lists_with_click(test.labels, test.mask)
+            values.append(np.asarray(run[name])[keep])
+        joined[name] = np.concatenate(values)
+    return joined
 
 
 def _valid_value(
     config: BenchmarkConfig,
     table: Table,
     row: Row,
-    lists: dict[str, dict[str, ListDataset]],
+    lists: dict[str, FoldLists],
     records: dict[str, dict[str, Any]],
+    seeds: tuple[int, ...],
 ) -> float | None:
-    """The validation selection value (at the selected epoch) averaged over folds and seeds;
-    for the initial ranking its value on the validation lists (None when selecting on loss, and
-    in a click table, where each row selects on its own kind of validation clicks)."""
+    """The validation selection value (at the selected epoch) averaged over folds and
+    ``seeds``; for an untrained row its value on the validation lists (None when selecting on
+    loss, and in a click table, where each row selects on its own kind of validation clicks)."""
     metric = config.train.selection_metric
     if row.kind is not None:
         return float(
             np.mean(
                 [
                     records[Run(table.ranker, fold, seed, row).key(config)]["best_valid"]
-                    for fold in folds(config)
-                    for seed in config.seeds
+                    for fold in config.fold_names()
+                    for seed in seeds
                 ]
             )
         )
     if metric == "loss" or table.clicks:
         return None
     values = []
-    for fold in folds(config):
-        valid = lists[f"{table.ranker}/{fold}"]["valid"]
-        scores = -valid.positions.astype(np.float32)  # rank 0 first
-        values.append(evaluate_scores(scores, valid, config.evaluate)[metric])
+    for fold in config.fold_names():
+        unit = lists[f"{table.ranker}/{fold}"]
+        valid = unit.splits["valid"]
+        per_list = fixed_metrics(row, unit, config.evaluate, "valid")
+        values.append(summarize(per_list, lists_with_click(valid.labels, valid.mask))[metric])
     return float(np.mean(values))
 
 
-def select_losses(
+def choose(
     config: BenchmarkConfig,
     table: Table,
-    lists: dict[str, dict[str, ListDataset]],
+    lists: dict[str, FoldLists],
     records: dict[str, dict[str, Any]],
 ) -> Table:
-    """``table`` with each row that has loss candidates replaced by the candidate of best mean
-    validation value, so the choice never sees the test lists."""
+    """``table`` with each row that has candidates replaced by the candidate of best mean
+    validation value over folds and candidate seeds, so the choice never sees the test lists."""
+    seeds = candidate_seeds(config)
 
     def best(row: Row) -> Row:
         if not row.candidates:
             return row
-        values = [_valid_value(config, table, c, lists, records) for c in row.candidates]
+        values = [_valid_value(config, table, c, lists, records, seeds) for c in row.candidates]
         return row.candidates[int(np.argmax(values))]
 
     return replace(table, rows=tuple(best(row) for row in table.rows))
@@ -130,17 +215,18 @@ def summarize_table(
     lists: dict[str, dict[str, ListDataset]],
     records: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """Mean ± std over seeds of each row and metric, and the paired t-tests of the table."""
-    table = select_losses(config, table, lists, records)
+    """Mean ± std over seeds of each row and metric, and the paired t-tests of the table
+    (``table`` as chosen: one configuration per row)."""
     per_row = {row.name: _row_runs(config, table, row, lists, records) for row in table.rows}
     row_spec = {row.name: row for row in table.rows}
     rows: dict[str, dict[str, Any]] = {}
     for name, runs in per_row.items():
         row: dict[str, Any] = {"seeds": len(runs)}
-        for metric in metric_names(config.evaluate):
+        for metric in metric_names(config.evaluate, config.letor):
             row[metric], row[f"{metric}_std"] = mean_std(np.array([r[metric].mean() for r in runs]))
-        row["valid"] = _valid_value(config, table, row_spec[name], lists, records)
+        row["valid"] = _valid_value(config, table, row_spec[name], lists, records, config.seeds)
         row["loss"] = _loss_label(row_spec[name])
+        row["chosen"] = row_spec[name].choice
         rows[name] = row
     names = list(per_row)
     if table.ablation:
@@ -152,15 +238,18 @@ def summarize_table(
         sign = -1.0 if config.train.selection_metric == "loss" else 1.0  # loss: lower is better
         best = max(baselines, key=lambda n: sign * rows[n]["valid"]) if baselines else None
         references = {"initial": "initial"} | ({"best_baseline": best} if best else {})
+        if "full_data" in names:
+            references["full_data"] = "full_data"
     tests_out = []
     for label, reference in references.items():
         pairs = [(name, reference) for name in names if name != reference]
-        for metric in TESTED:
+        for metric in config.tested:
             for test in pairwise_tests(per_row, pairs, key=metric):
                 rows[test["a"]][f"p_{metric}_vs_{label}"] = test["t_pvalue"]
                 tests_out.append({**test, "reference": label})
-    n_relevant = len(next(iter(per_row.values()))[0][HEADLINE])
-    n_lists = sum(len(lists[f"{table.ranker}/{f}"]["test"]) for f in folds(config))
+    first = next(iter(per_row.values()))[0]
+    n_relevant = len(first[HEADLINE])
+    n_lists = sum(len(lists[f"{table.ranker}/{f}"].splits["test"]) for f in config.fold_names())
     summary = {
         "title": table.title,
         "ranker": table.ranker,
@@ -169,6 +258,7 @@ def summarize_table(
         "references": references,
         "lists": n_lists,
         "lists_with_relevant": n_relevant,
+        **({"queries_with_relevant": len(first[FULL])} if FULL in first else {}),
         "rows": rows,
         "tests": tests_out,
     }
@@ -211,7 +301,7 @@ def _estimated_examination(
             records[Run(table.ranker, fold, seed, row).key(config)]["examination_estimate"][
                 "examination"
             ]
-            for fold in folds(config)
+            for fold in config.fold_names()
             for seed in config.seeds
         ]
     )[:, np.array(ranks) - 1]

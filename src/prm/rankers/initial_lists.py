@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ RANKERS: dict[str, type[Ranker]] = {
     "linear_pairwise": LinearPairwise,
     "pointwise_dnn": PointwiseDNN,
 }
-LETOR_SPLITS = {"train": "train.txt", "valid": "vali.txt", "test": "test.txt"}
 
 
 def make_ranker(name: str, **params: Any) -> Ranker:
@@ -77,35 +77,110 @@ def initial_lists(ranker: Ranker, queries: RankingQueries, *, list_length: int) 
     )
 
 
-def letor_reranking_data(
-    fold_dir: str | Path,
+@dataclass(frozen=True)
+class RankingFiles:
+    """One fold's ranking files in svmlight format: queries from ``qid:`` on each line, or from
+    a LightGBM group file ``<file>.query`` beside the file when there is one. Without a
+    validation file, the re-rankers' half of the training queries is split 3:1 into train and
+    valid."""
+
+    train: Path
+    valid: Path | None
+    test: Path
+
+    @classmethod
+    def in_folder(
+        cls,
+        folder: str | Path,
+        train: str = "train.txt",
+        valid: str | None = "vali.txt",
+        test: str = "test.txt",
+    ) -> RankingFiles:
+        """The files named ``train``, ``valid`` and ``test`` in ``folder`` (LETOR's names by
+        default); a clear error when the folder is missing."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            names = ", ".join(n for n in (train, valid, test) if n)
+            raise DataError(f"{folder}: ranking folder not found; it should hold {names}")
+        return cls(folder / train, None if valid is None else folder / valid, folder / test)
+
+
+def _load(path: Path, cache_dir: str | Path | None, n_features: int | None) -> RankingQueries:
+    group = path.with_name(path.name + ".query")
+    return load_ranking_file(
+        path,
+        cache_dir=cache_dir,
+        n_features=n_features,
+        group_path=group if group.is_file() else None,
+    )
+
+
+@dataclass(frozen=True)
+class FoldLists:
+    """One fold's re-ranking lists, the whole queries behind the valid and test lists (for
+    full-query metrics and run files), and the scores the full-data reference ranker gives
+    their documents."""
+
+    splits: dict[str, ListDataset]
+    queries: dict[str, RankingQueries]  # "valid", "test"
+    reference_scores: dict[str, np.ndarray]  # per document of ``queries[split]``
+
+    def reference_list_scores(self, split: str) -> np.ndarray:
+        """(N, L) the reference ranker's scores of each list's items (0 at padding)."""
+        lists = self.splits[split]
+        return self.reference_scores[split][lists.item_ids] * lists.mask
+
+    def query_labels(self, split: str) -> np.ndarray | None:
+        """(N, M) the labels of the whole query behind each list (0 at padding); None for
+        lists that are not cut from ranking queries."""
+        if split not in self.queries:
+            return None
+        queries = self.queries[split]
+        labels, _ = pad_by_group(queries.labels, queries.groups)
+        return labels[: len(self.splits[split])]  # the first lists only, in quick runs
+
+    def head(self, max_lists: int | None) -> FoldLists:
+        """The first ``max_lists`` lists of each split (quick runs); lists keep their queries."""
+        if max_lists is None:
+            return self
+        splits = {
+            s: d.subset(np.arange(min(max_lists, len(d)))) for s, d in self.splits.items()
+        }
+        return FoldLists(splits, self.queries, self.reference_scores)
+
+
+def reranking_lists(
+    files: RankingFiles,
     ranker_name: str,
     list_length: int,
     seed: int,
     cache_dir: str | Path | None,
     *,
     ranker_params: Mapping[str, Any] | None = None,
-) -> dict[str, ListDataset]:
-    """Re-ranking lists ``train``/``valid``/``test`` of one LETOR fold (``train.txt``,
-    ``vali.txt``, ``test.txt``), ranked by ``ranker_name`` fitted on a seeded half of the
-    training queries; ``train`` holds the lists of the other half."""
-    fold_dir = Path(fold_dir)
-    if not fold_dir.is_dir():
-        raise DataError(
-            f"{fold_dir}: LETOR fold folder not found; it should hold "
-            f"{', '.join(LETOR_SPLITS.values())} (e.g. mq2008/Fold1 of the shared data folder)"
-        )
-    train = load_ranking_file(fold_dir / LETOR_SPLITS["train"], cache_dir=cache_dir)
+) -> FoldLists:
+    """Re-ranking lists ``train``/``valid``/``test`` of one fold, ranked by ``ranker_name``
+    fitted on a seeded half of the training queries; ``train`` holds the lists of the other
+    half. The same ranker fitted on all the training queries is the full-data reference."""
+    train = _load(files.train, cache_dir, None)
     ranker_half, reranker_half = split_queries(train, 0.5, seed)
-    queries = {"train": reranker_half}
-    for split in ("valid", "test"):  # no feature index beyond the training file's
-        path = fold_dir / LETOR_SPLITS[split]
-        queries[split] = load_ranking_file(path, cache_dir=cache_dir, n_features=train.n_features)
-    ranker = fit_ranker(make_ranker(ranker_name, seed=seed, **(ranker_params or {})), ranker_half)
-    return {
-        split: initial_lists(ranker, part, list_length=list_length)
-        for split, part in queries.items()
+    if files.valid is None:
+        reranker_half, valid = split_queries(reranker_half, 0.75, seed)
+    else:  # no feature index beyond the training file's
+        valid = _load(files.valid, cache_dir, train.n_features)
+    queries = {
+        "train": reranker_half,
+        "valid": valid,
+        "test": _load(files.test, cache_dir, train.n_features),
     }
+    params = {"seed": seed, **(ranker_params or {})}
+    ranker = fit_ranker(make_ranker(ranker_name, **params), ranker_half)
+    reference = fit_ranker(make_ranker(ranker_name, **params), train)
+    held_out = ("valid", "test")
+    return FoldLists(
+        splits={s: initial_lists(ranker, q, list_length=list_length) for s, q in queries.items()},
+        queries={s: queries[s] for s in held_out},
+        reference_scores={s: reference.predict(queries[s].features) for s in held_out},
+    )
 
 
 def initial_ndcg(lists: ListDataset, k: int = 10) -> float:
@@ -128,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in RANKERS:
         started = time.perf_counter()
         try:
-            data = letor_reranking_data(args.fold, name, args.list_length, args.seed, args.cache)
+            files = RankingFiles.in_folder(args.fold)
+            data = reranking_lists(files, name, args.list_length, args.seed, args.cache).splits
         except DataError as error:
             raise SystemExit(f"error: {error}") from None
         seconds = time.perf_counter() - started
