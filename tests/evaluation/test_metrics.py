@@ -69,6 +69,34 @@ def test_matches_trec_eval(graded):
             assert np.all(want[no_relevant] == 0.0)
 
 
+def test_full_query_ndcg_is_trec_eval_of_the_cut_list_over_the_query_judgments():
+    """A list cut from a longer query, with ``ideal_labels`` the whole query's: NDCG@k is
+    trec_eval's ndcg_cut_k of the list as a run against every judgment of the query."""
+    rng = np.random.default_rng(3)
+    scores, labels, mask, positions = random_lists(rng, max_len=30, graded=True)
+    cut = 12
+    lists = (scores[:, :cut], labels[:, :cut], mask[:, :cut], positions[:, :cut])
+    query_labels = np.where(mask, labels, 0)
+    full = ranking_metrics(
+        *lists[:2], mask=lists[2], positions=lists[3], ks=(5, 10), ideal_labels=query_labels
+    )
+    qrels = {
+        f"q{i}": {f"d{j}": int(labels[i, j]) for j in np.flatnonzero(mask[i])}
+        for i in range(len(scores))
+    }
+    run = {
+        f"q{i}": {f"d{j}": float(scores[i, j]) for j in np.flatnonzero(mask[i, :cut])}
+        for i in range(len(scores))
+    }
+    result = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_5", "ndcg_cut_10"}).evaluate(run)
+    for k in (5, 10):
+        want = np.array([result[f"q{i}"][f"ndcg_cut_{k}"] for i in range(len(scores))])
+        np.testing.assert_allclose(full[f"ndcg@{k}"], want, rtol=0, atol=1e-12)
+    own = ranking_metrics(*lists[:2], mask=lists[2], positions=lists[3], ks=(10,))
+    assert (full["ndcg@10"] <= own["ndcg@10"] + 1e-12).all()
+    assert (full["ndcg@10"] < own["ndcg@10"]).any()  # relevant documents below the cut
+
+
 def test_map_prm_convention_by_hand():
     # ranked labels: 0 1 0 1 1 0 1 (one list), stored shuffled so the sort matters
     ranked_labels = np.array([0, 1, 0, 1, 1, 0, 1], dtype=float)
