@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -360,3 +362,52 @@ def test_quick_click_suite(tmp_path: Path) -> None:
     section = (tmp_path / "out" / "RESULTS.md").read_text()
     assert "Clicks: each training and validation list is shown" in section
     assert "Examination estimated by the PAL tower" in section
+
+
+def test_a_new_letor_folder_needs_only_a_config(tmp_path: Path) -> None:
+    """An svmlight folder of any feature count, outside the data folder, with qid lines and no
+    validation file: `prm benchmark <config>` runs the whole suite from the config alone."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "my_set"
+    folder.mkdir()
+    for name, n_queries in (("train.txt", 60), ("test.txt", 12)):
+        lines = []
+        for q in range(n_queries):
+            for _ in range(int(rng.integers(4, 15))):
+                x = rng.random(7)
+                label = int(x[0] + 0.3 * rng.random() > 0.9) + int(x[0] > 0.95)
+                values = " ".join(f"{i + 1}:{v:.3f}" for i, v in enumerate(x))
+                lines.append(f"{label} qid:{q if name == 'train.txt' else 1000 + q} {values}")
+        (folder / name).write_text("\n".join(lines) + "\n")
+    config = tmp_path / "my_set.yaml"
+    config.write_text(
+        f"name: my_set\ndataset: {{path: {folder}, valid: null}}\n"
+        "initial_rankers: [linear_pairwise]\nlist_length: 8\nseeds: [0, 1]\n"
+        "baselines: [midnn]\nmodel: {d_model: 8, n_heads: 1, n_blocks: 1, d_ff: 16}\n"
+        "train: {epochs: 2, batch_size: 8}\n"
+        "tuning:\n  grids:\n    prm: {lr: [0.001, 0.01]}\n    midnn: {dropout: [0.0, 0.2]}\n"
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prm.cli.main",
+            "benchmark",
+            str(config),
+            "--quiet",
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (table,) = json.loads((out / "results" / "my_set.json").read_text())["tables"]
+    assert list(table["rows"]) == ["initial", "full_data", "midnn", "prm_base"]
+    assert table["rows"]["midnn"]["chosen"]["dropout"] in (0.0, 0.2)
+    assert table["rows"]["prm_base"]["seeds"] == 2
+    assert "configuration chosen on valid" in done.stdout
