@@ -34,16 +34,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "prm", "small")
 WINDOWS = 3  # timing windows per measurement; the best is kept
-SETTINGS = {
-    "spin": {"OMP_WAIT_POLICY": "ACTIVE"},
-    "gomp default": {},
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-    "passive, 1 thread": {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"},
+SETTINGS = {  # name -> (OpenMP variables, whether the step calls prm.threads.follow_load)
+    "spin": ({"OMP_WAIT_POLICY": "ACTIVE"}, False),
+    "gomp default": ({}, False),
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, False),
+    "passive, 1 thread": ({"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}, False),
+    "prm: load-following": ({}, True),
 }
 
 
-def run_stage(stage: str, seconds: float) -> float:
-    """Steps per second of ``stage`` in this process, after one warm-up step."""
+def run_stage(stage: str, seconds: float, follow: bool) -> float:
+    """Steps per second of ``stage`` in this process, after one warm-up step; with ``follow``
+    each step first calls :func:`prm.threads.follow_load`, as prm's training loops do."""
     import numpy as np
     import torch
 
@@ -93,11 +95,15 @@ def run_stage(stage: str, seconds: float) -> float:
             loss.backward()
             optimizer.step()
 
+    from prm.threads import follow_load
+
     step()
     rates = []
     for _ in range(WINDOWS):  # the best window: bursts of load from elsewhere filtered out
         steps, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds / WINDOWS:
+            if follow:
+                follow_load()
             step()
             steps += 1
         rates.append(steps / (time.perf_counter() - started))
@@ -124,13 +130,16 @@ def _tables(config, rng):
     )
 
 
-def measure(stage: str, env: dict[str, str], busy: bool, seconds: float) -> float:
-    """Run one stage in a subprocess with ``env`` set over this one's OpenMP variables."""
+def measure(stage: str, setting: str, busy: bool, seconds: float) -> float:
+    """Run one stage in a subprocess with the setting's OpenMP variables over this one's."""
+    env, follow = SETTINGS[setting]
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")} | env
+    child_env.pop("PRM_THREADS", None)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         out = subprocess.run(
-            [sys.executable, __file__, "--stage", stage, "--seconds", str(seconds)],
+            [sys.executable, __file__, "--stage", stage, "--seconds", str(seconds)]
+            + (["--follow-load"] if follow else []),
             env=child_env,
             check=True,
             capture_output=True,
@@ -146,18 +155,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--follow-load", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help="comma-separated setting names (default: all)")
     args = parser.parse_args()
     if args.stage:
-        print(json.dumps({"steps_per_second": run_stage(args.stage, args.seconds)}))
+        rate = run_stage(args.stage, args.seconds, args.follow_load)
+        print(json.dumps({"steps_per_second": rate}))
         return
     from prm.evaluation.report import markdown_table
     from prm.experiments.report import machine
 
     rows = []
+    names = args.settings.split(",") if args.settings else list(SETTINGS)
     for stage in STAGES:
-        for name, env in SETTINGS.items():
-            idle = measure(stage, env, False, args.seconds)
-            busy = measure(stage, env, True, args.seconds)
+        for name in names:
+            idle = measure(stage, name, False, args.seconds)
+            busy = measure(stage, name, True, args.seconds)
             rows.append([stage, name, f"{idle:.1f}", f"{busy:.1f}", f"{idle / busy:.2f}"])
             print(rows[-1], flush=True)
     header = ["stage", "setting", "steps/s idle", "steps/s beside a busy process", "slowdown"]

@@ -28,6 +28,7 @@ from prm.evaluation.metrics import roc_auc
 from prm.io import atomic_path, write_json
 from prm.models.layers import PositionBias
 from prm.pretrain.ctr import CTRModel, build_ctr_model, load_ctr, save_ctr
+from prm.threads import follow_load
 
 CTR_MODEL = "ctr_model.pt"
 REPORT = "pretrain_metrics.json"
@@ -164,6 +165,7 @@ def train_ctr(
         batches = torch.randperm(len(train), generator=generator).split(config.batch_size)
         total = torch.zeros(())
         for index in tqdm(batches, desc=f"{config.model} epoch {epoch}", disable=not progress):
+            follow_load()
             logits = _click_logits(
                 model, position_bias, users[index], items[index], positions[index], same[index]
             )

@@ -36,6 +36,7 @@ from prm.evaluation.evaluate import evaluate_scores, score_lists
 from prm.evaluation.plots import plot_training_curve
 from prm.io import remove_stale_temporaries, write_json
 from prm.registry import ModelSpec
+from prm.threads import follow_load
 from prm.training import distributed
 from prm.training.checkpoint import (
     CHECKPOINT_KEYS,
@@ -257,6 +258,7 @@ class Trainer:
             leave=False,
         )
         for step, (batch, weight) in enumerate(bar, 1):
+            follow_load()
             self._set_learning_rate(epoch - 1 + (step - 1) / max(steps, 1))
             with self.autocast():
                 loss = self.step(to_device(batch, self.device))
