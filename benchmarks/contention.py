@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "prm", "small")
 WINDOWS = 3  # timing windows per measurement; the best is kept
@@ -43,9 +45,10 @@ SETTINGS = {  # name -> (OpenMP variables, whether the step calls prm.threads.fo
 }
 
 
-def run_stage(stage: str, seconds: float, follow: bool) -> float:
+def run_stage(stage: str, seconds: float, follow: bool) -> tuple[float, int]:
     """Steps per second of ``stage`` in this process, after one warm-up step; with ``follow``
-    each step first calls :func:`prm.threads.follow_load`, as prm's training loops do."""
+    each step first calls :func:`prm.threads.follow_load`, as prm's training loops do. Also
+    returns how often that changed the thread count."""
     import numpy as np
     import torch
 
@@ -107,7 +110,7 @@ def run_stage(stage: str, seconds: float, follow: bool) -> float:
             step()
             steps += 1
         rates.append(steps / (time.perf_counter() - started))
-    return max(rates)
+    return max(rates), follow_load.changes
 
 
 def _tables(config, rng):
@@ -130,7 +133,7 @@ def _tables(config, rng):
     )
 
 
-def measure(stage: str, setting: str, busy: bool, seconds: float) -> float:
+def measure(stage: str, setting: str, busy: bool, seconds: float) -> tuple[float, int]:
     """Run one stage in a subprocess with the setting's OpenMP variables over this one's."""
     env, follow = SETTINGS[setting]
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")} | env
@@ -148,7 +151,8 @@ def measure(stage: str, setting: str, busy: bool, seconds: float) -> float:
     finally:
         if hog is not None:
             hog.kill()
-    return json.loads(out.stdout.strip().splitlines()[-1])["steps_per_second"]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["steps_per_second"], result["thread_changes"]
 
 
 def main() -> None:
@@ -156,24 +160,55 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--follow-load", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--settings", help="comma-separated setting names (default: all)")
+    parser.add_argument("--settings", help="setting names separated by ';' (default: all)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per cell (median)")
     args = parser.parse_args()
     if args.stage:
-        rate = run_stage(args.stage, args.seconds, args.follow_load)
-        print(json.dumps({"steps_per_second": rate}))
+        rate, changes = run_stage(args.stage, args.seconds, args.follow_load)
+        print(json.dumps({"steps_per_second": rate, "thread_changes": changes}))
         return
     from prm.evaluation.report import markdown_table
     from prm.experiments.report import machine
 
+    names = args.settings.split(";") if args.settings else list(SETTINGS)
+    rates: dict[tuple[str, str, bool], list[float]] = {}
+    changes: dict[tuple[str, str, bool], list[int]] = {}
+    for round_ in range(args.rounds):  # settings interleaved, so drift in the machine's speed
+        # falls on all of them alike; the order flips every round, since a measurement right
+        # after a busy one runs slower on a VM whose CPU quota the busy one used up
+        order = names if round_ % 2 == 0 else names[::-1]
+        for stage in STAGES:
+            for name in order:
+                for busy in (False, True) if round_ % 2 == 0 else (True, False):
+                    rate, changed = measure(stage, name, busy, args.seconds)
+                    rates.setdefault((stage, name, busy), []).append(rate)
+                    changes.setdefault((stage, name, busy), []).append(changed)
+                    print(
+                        json.dumps([round_, stage, name, busy, round(rate, 1), changed]), flush=True
+                    )
     rows = []
-    names = args.settings.split(",") if args.settings else list(SETTINGS)
     for stage in STAGES:
         for name in names:
-            idle = measure(stage, name, False, args.seconds)
-            busy = measure(stage, name, True, args.seconds)
-            rows.append([stage, name, f"{idle:.1f}", f"{busy:.1f}", f"{idle / busy:.2f}"])
-            print(rows[-1], flush=True)
-    header = ["stage", "setting", "steps/s idle", "steps/s beside a busy process", "slowdown"]
+            idle, busy = (rates[stage, name, b] for b in (False, True))
+            default = rates[stage, "gomp default", False] if "gomp default" in names else idle
+            # Paired by round: this setting's idle speed over the default's in the same round.
+            ratio = np.median(np.array(idle) / np.array(default))
+            idle_rate, busy_rate = float(np.median(idle)), float(np.median(busy))
+            rows.append(
+                [stage, name, f"{idle_rate:.1f}", f"{ratio:.2f}", f"{busy_rate:.1f}"]
+                + [f"{idle_rate / busy_rate:.2f}"]
+                + [f"{max(changes[stage, name, b])}" for b in (False, True)]
+            )
+    header = [
+        "stage",
+        "setting",
+        "steps/s idle",
+        "idle / gomp default idle",
+        "steps/s beside a busy process",
+        "slowdown",
+        "thread changes idle (most)",
+        "thread changes busy (most)",
+    ]
     print()
     print(markdown_table(header, rows))
     print(f"\n{machine()}")

@@ -61,6 +61,7 @@ class LoadFollower:
         self.ceiling = 0  # the most threads to use; 0 until the first call
         self.chosen = 0  # the count this follower set last
         self.last = (0.0, 0.0, 0.0)  # (wall, busy CPU, own CPU) seconds at the last look
+        self.changes = 0  # how often it changed the count (none on an idle machine)
 
     @staticmethod
     def _sample() -> tuple[float, float, float]:
@@ -83,9 +84,11 @@ class LoadFollower:
         if sample[1] == 0.0:  # no counters on this system: leave the count alone
             return
         others = max(0.0, (busy - own) / wall)  # cores other processes kept busy
-        self.chosen = max(1, min(self.ceiling, int(self.cores - others + 0.25)))
+        # Half a core of others' work (daemons, the hypervisor's steal) is not worth a thread.
+        self.chosen = max(1, min(self.ceiling, round(self.cores - others)))
         if self.chosen != current:
             torch.set_num_threads(self.chosen)
+            self.changes += 1
 
 
 follow_load = LoadFollower()  # one per process: torch's thread count is process-wide

@@ -238,8 +238,9 @@ def summarize_table(
         sign = -1.0 if config.train.selection_metric == "loss" else 1.0  # loss: lower is better
         best = max(baselines, key=lambda n: sign * rows[n]["valid"]) if baselines else None
         references = {"initial": "initial"} | ({"best_baseline": best} if best else {})
-        if "full_data" in names:
-            references["full_data"] = "full_data"
+        for reference in ("full_data", "prm_base"):  # is anything significantly above them?
+            if reference in names:
+                references[reference] = reference
     tests_out = []
     for label, reference in references.items():
         pairs = [(name, reference) for name in names if name != reference]
