@@ -16,7 +16,6 @@ from prm.evaluation.metrics import lists_with_click, rank_order, ranking_metrics
 from prm.evaluation.significance import mean_std, paired_test
 from prm.experiments.config import ESTIMATED_RANKS, HEADLINE, OWN_LOSS, BenchmarkConfig
 from prm.experiments.plan import Row, Run, Table, candidate_seeds
-from prm.rankers.base import pad_by_group
 from prm.rankers.initial_lists import FoldLists
 
 
@@ -74,12 +73,10 @@ def row_top_documents(
             key = Run(table.ranker, fold, config.seeds[0], row).key(config)
             out.append(np.asarray(records[key]["test_top"]))
         elif row.name == "full_data":
-            queries, n = unit.queries["test"], len(test)
-            scores, mask = pad_by_group(unit.reference_scores["test"], queries.groups)
-            docs, _ = pad_by_group(np.arange(len(queries.labels)), queries.groups)
-            order = rank_order(scores[:n], mask[:n])[:, : max(config.evaluate.ks)]
-            top = np.take_along_axis(docs[:n], order, axis=1)
-            out.append(np.where(np.take_along_axis(mask[:n], order, axis=1), top, -1))
+            query = unit.reference_over_queries("test")
+            order = rank_order(query["scores"], query["mask"])[:, : max(config.evaluate.ks)]
+            top = np.take_along_axis(query["docs"], order, axis=1)
+            out.append(np.where(np.take_along_axis(query["mask"], order, axis=1), top, -1))
         else:
             out.append(top_documents(-test.positions.astype(np.float32), unit, config.evaluate))
     return out
@@ -89,11 +86,10 @@ def reference_metrics(lists: FoldLists, evaluate: EvalConfig, split: str) -> dic
     """The full-data reference ranker's metrics: on the cut lists it orders their items; over
     the full query it ranks every document of the query itself."""
     out = test_metrics(lists.reference_list_scores(split), lists, evaluate, split)
-    queries = lists.queries[split]
-    n = len(lists.splits[split])
-    scores, mask = pad_by_group(lists.reference_scores[split], queries.groups)
-    labels, _ = pad_by_group(queries.labels, queries.groups)
-    full = ranking_metrics(scores[:n], labels[:n], mask=mask[:n], positions=None, ks=evaluate.ks)
+    query = lists.reference_over_queries(split)
+    full = ranking_metrics(
+        query["scores"], query["labels"], mask=query["mask"], positions=None, ks=evaluate.ks
+    )
     return out | {f"full_ndcg@{k}": full[f"ndcg@{k}"] for k in evaluate.ks}
 
 

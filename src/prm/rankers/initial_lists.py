@@ -130,6 +130,16 @@ class FoldLists:
         lists = self.splits[split]
         return self.reference_scores[split][lists.item_ids] * lists.mask
 
+    def reference_over_queries(self, split: str) -> dict[str, np.ndarray]:
+        """The whole query behind each list, padded, as the reference ranker sees it:
+        ``scores``, ``labels``, ``mask`` and ``docs`` (rows of the split's queries), each
+        (N, M)."""
+        queries, n = self.queries[split], len(self.splits[split])
+        scores, mask = pad_by_group(self.reference_scores[split], queries.groups)
+        labels, _ = pad_by_group(queries.labels, queries.groups)
+        docs, _ = pad_by_group(np.arange(len(queries.labels)), queries.groups)
+        return {"scores": scores[:n], "labels": labels[:n], "mask": mask[:n], "docs": docs[:n]}
+
     def query_labels(self, split: str) -> np.ndarray | None:
         """(N, M) the labels of the whole query behind each list (0 at padding); None for
         lists that are not cut from ranking queries."""
@@ -143,9 +153,7 @@ class FoldLists:
         """The first ``max_lists`` lists of each split (quick runs); lists keep their queries."""
         if max_lists is None:
             return self
-        splits = {
-            s: d.subset(np.arange(min(max_lists, len(d)))) for s, d in self.splits.items()
-        }
+        splits = {s: d.subset(np.arange(min(max_lists, len(d)))) for s, d in self.splits.items()}
         return FoldLists(splits, self.queries, self.reference_scores)
 
 
