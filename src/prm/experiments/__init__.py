@@ -2,17 +2,21 @@
 
 ``prm benchmark <suite>`` runs a suite: the paper's comparison on real data.
 
-A suite (``configs/bench_<suite>.yaml``) is one dataset: LETOR MQ2008 (5 folds), LightGBM's
-ranking sample, or MovieLens 100K with users. For each initial ranker it trains every
-re-ranker (the baselines, PRM-BASE and, where users give PV, PRM) once per seed, selects each
-run's epoch on the validation lists, and scores the test lists. Tables then show
+A suite (``configs/bench_<suite>.yaml``) is one dataset: any LETOR/svmlight folder named by
+its config (MQ2008's 5 folds, LightGBM's ranking sample), or MovieLens 100K with users. For
+each initial ranker it trains every re-ranker (the baselines, PRM-BASE and, where users give
+PV, PRM) once per seed, selects each run's epoch on the validation lists, and scores the test
+lists. Tables then show
 
 * per model: P@k, MAP@k, NDCG@k as mean ± std over seeds, where one seed's value averages
   the test lists of all folds (each MQ2008 query is a test query in exactly one fold);
 * paired t-tests on per-list values averaged over seeds, against the initial ranking and
   against the best baseline (highest mean validation NDCG@10: chosen without the test lists);
-* with ``losses`` set, each re-ranker is trained with every candidate list loss and the table
-  reports the loss with the best mean validation value (a "loss" column names it).
+* with ``tuning`` set, each re-ranker is trained with every configuration of its grid (the
+  same number for all) and the one with the best mean validation value is trained with every
+  seed and reported; with ``losses``, the same for the list loss alone;
+* on ranking folders, the initial ranker trained on all training queries as a reference row,
+  and NDCG over the full query beside the cut list (with TREC run files for trec_eval);
 * ablations: PRM variants (no PE, heads, blocks, list loss, pre-training model, no PV).
 * with ``clicks`` set (LETOR sets), the semi-synthetic unbiased learning-to-rank check instead:
   position-biased clicks are simulated on the training and validation lists
