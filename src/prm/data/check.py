@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from prm.data.examination import EXPLORE
+from prm.data.loaders import LABEL_COLUMNS
 from prm.data.shards import PART_GLOB, lists_source
 from prm.data.tables import MAX_MAGNITUDE
 
@@ -155,7 +156,7 @@ def _check_lists(
     table = _Table.read(path, [*columns, "initial_ranks"] if explore else columns, found)
     if table is None:
         return None
-    labels = [name for name in ("clicks", "labels") if name in table.names]
+    labels = [name for name in LABEL_COLUMNS if name in table.names]
     if len(labels) != 1:
         found.append(
             Violation(

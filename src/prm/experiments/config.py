@@ -104,6 +104,11 @@ class RankingFolder:
         return root if fold == "all" else root / fold
 
 
+def grid_size(grid: dict[str, list[Any]]) -> int:
+    """Configurations in a grid: the product of its value counts."""
+    return int(np.prod([len(values) for values in grid.values()]))
+
+
 @dataclass(frozen=True)
 class Tuning:
     """An equal, validation-only tuning budget: each re-ranker of the main tables is trained
@@ -127,7 +132,7 @@ class Tuning:
                     raise ConfigError(f"tuning.grids.{kind}.{name}: a non-empty list of values")
                 if kind in OWN_LOSS and name == "loss":
                     raise ConfigError(f"tuning.grids.{kind}.loss: {kind} has its own loss")
-            sizes[kind] = int(np.prod([len(v) for v in grid.values()]))
+            sizes[kind] = grid_size(grid)
         if len(set(sizes.values())) > 1:
             raise ConfigError(
                 "tuning.grids: every re-ranker gets the same number of configurations, got "
@@ -141,8 +146,8 @@ class Tuning:
     @property
     def budget(self) -> int:
         """Configurations each re-ranker is trained with."""
-        sizes = [int(np.prod([len(v) for v in g.values()])) for g in self.grids.values()]
-        return min(sizes[0], self.limit or sizes[0]) if sizes else 0
+        size = grid_size(next(iter(self.grids.values()))) if self.grids else 0
+        return min(size, self.limit or size)
 
 
 @dataclass(frozen=True)

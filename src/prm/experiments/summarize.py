@@ -133,18 +133,21 @@ def _row_runs(
 def _join(per_fold: list[dict[str, np.ndarray]], units: list[FoldLists]) -> dict[str, np.ndarray]:
     """Concatenate folds, keeping the lists with a relevant item (for full-query metrics, the
     lists whose query has one)."""
-    joined = {}
-    for name in per_fold[0]:
-        values = []
-        for run, unit in zip(per_fold, units, strict=True):
-            test = unit.splits["test"]
-            if name.startswith("full_"):
-                keep = unit.query_labels("test").max(axis=1, initial=0) > 0
-            else:
-                keep = lists_with_click(test.labels, test.mask)
-            values.append(np.asarray(run[name])[keep])
-        joined[name] = np.concatenate(values)
-    return joined
+    keep = []  # per fold: (lists with a relevant item, lists whose query has one)
+    for unit in units:
+        test, query_labels = unit.splits["test"], unit.query_labels("test")
+        in_list = lists_with_click(test.labels, test.mask)
+        in_query = None if query_labels is None else query_labels.max(axis=1, initial=0) > 0
+        keep.append((in_list, in_query))
+    return {
+        name: np.concatenate(
+            [
+                np.asarray(run[name])[in_query if name.startswith("full_") else in_list]
+                for run, (in_list, in_query) in zip(per_fold, keep, strict=True)
+            ]
+        )
+        for name in per_fold[0]
+    }
 
 
 def _valid_value(

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -130,24 +131,31 @@ class FoldLists:
         lists = self.splits[split]
         return self.reference_scores[split][lists.item_ids] * lists.mask
 
+    @cached_property
+    def _whole_queries(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per held-out split, its queries padded once: ``scores`` (the reference's),
+        ``labels``, ``mask`` and ``docs`` (rows of the split's queries), each (Q, M)."""
+        padded = {}
+        for split, queries in self.queries.items():
+            scores, mask = pad_by_group(self.reference_scores[split], queries.groups)
+            labels, _ = pad_by_group(queries.labels, queries.groups)
+            docs, _ = pad_by_group(np.arange(len(queries.labels)), queries.groups)
+            padded[split] = {"scores": scores, "labels": labels, "mask": mask, "docs": docs}
+        return padded
+
     def reference_over_queries(self, split: str) -> dict[str, np.ndarray]:
         """The whole query behind each list, padded, as the reference ranker sees it:
         ``scores``, ``labels``, ``mask`` and ``docs`` (rows of the split's queries), each
         (N, M)."""
-        queries, n = self.queries[split], len(self.splits[split])
-        scores, mask = pad_by_group(self.reference_scores[split], queries.groups)
-        labels, _ = pad_by_group(queries.labels, queries.groups)
-        docs, _ = pad_by_group(np.arange(len(queries.labels)), queries.groups)
-        return {"scores": scores[:n], "labels": labels[:n], "mask": mask[:n], "docs": docs[:n]}
+        n = len(self.splits[split])  # the first lists only, in quick runs
+        return {name: values[:n] for name, values in self._whole_queries[split].items()}
 
     def query_labels(self, split: str) -> np.ndarray | None:
         """(N, M) the labels of the whole query behind each list (0 at padding); None for
         lists that are not cut from ranking queries."""
         if split not in self.queries:
             return None
-        queries = self.queries[split]
-        labels, _ = pad_by_group(queries.labels, queries.groups)
-        return labels[: len(self.splits[split])]  # the first lists only, in quick runs
+        return self.reference_over_queries(split)["labels"]
 
     def head(self, max_lists: int | None) -> FoldLists:
         """The first ``max_lists`` lists of each split (quick runs); lists keep their queries."""
