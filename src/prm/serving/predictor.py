@@ -7,7 +7,7 @@ re-ranking and explanations all go through :class:`Predictor`, so they score ali
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -42,6 +42,11 @@ class CandidateLists:
     item_ids: np.ndarray  # (B, L) int64, 0 at padding
     features: np.ndarray  # (B, L, d_feature) float32, 0 at padding
     mask: np.ndarray  # (B, L) bool: True at real candidates
+
+    @classmethod
+    def concatenate(cls, parts: list[CandidateLists]) -> CandidateLists:
+        """One batch of the lists of ``parts``, which must share L and H."""
+        return cls(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(cls)))
 
     @property
     def positions(self) -> np.ndarray:
