@@ -252,6 +252,25 @@ def test_openapi_schema_documents_the_api_with_examples(client: TestClient) -> N
     request = schema["components"]["schemas"]["RerankRequest"]
     assert request["examples"][0]["user"] == {"user_id": 0}
     assert request["properties"]["items"]["maxItems"] == 1024
+    # /rerank validates its body itself (ModelBodyRoute); its schema still says what it takes.
+    rerank = schema["paths"]["/rerank"]["post"]
+    body = rerank["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/RerankRequest"}
+    answer = rerank["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/RerankResponse"}
+    assert "415" in rerank["responses"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_that_is_not_sent_as_json_is_415(client: TestClient, content_type: str) -> None:
+    """What `curl -d` sends without `-H 'content-type: application/json'`."""
+    body = b'{"user": {"user_id": 3}, "items": [{"item_id": 5}]}'
+    response = client.post("/rerank", content=body, headers={"content-type": content_type})
+    assert response.status_code == 415
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["header", "content-type"] and "application/json" in detail["msg"]
+    for also_json in ("application/json; charset=utf-8", "application/problem+json"):
+        assert client.post("/rerank", content=body, headers={"content-type": also_json}).is_success
 
 
 def test_non_finite_scores_are_a_4xx_not_a_broken_response(onnx_predictor: Predictor) -> None:

@@ -417,27 +417,59 @@ def test_a_connection_limit_beyond_the_hard_file_limit_is_refused(
 SHORT = ServeLimits(header_timeout=0.3, body_timeout=0.3, keep_alive_timeout=5, limit_concurrency=4)
 
 
-@pytest.fixture(scope="module")
-def live_port(onnx_predictor: Predictor) -> Iterator[int]:
-    """uvicorn in a thread, with ``SHORT`` limits, as `prm serve` configures it."""
+@contextlib.contextmanager
+def running(predictor: Predictor, loop: str = "auto") -> Iterator[uvicorn.Server]:
+    """uvicorn in a thread, with ``SHORT`` limits, as `prm serve --workers N` configures it:
+    on a listening socket made by uvicorn's ``bind_socket``, which asyncio does not know as
+    TCP (its protocol number is 0), so asyncio's event loop leaves Nagle's algorithm on."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(LIMITS_ENV, json.dumps(asdict(SHORT)))
         config = uvicorn.Config(
-            create_app(loaded(onnx_predictor), limits=SHORT),
+            create_app(loaded(predictor), limits=SHORT),
             host="127.0.0.1",
             port=0,
             log_level="error",
+            loop=loop,
             **uvicorn_settings(SHORT),
         )
+        listening = config.bind_socket()
+        assert listening.proto == 0
         server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 10
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.01)
-        yield server.servers[0].sockets[0].getsockname()[1]
-        server.should_exit = True
-        thread.join(timeout=10)
+        try:
+            yield server
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+            listening.close()
+
+
+def port_of(server: uvicorn.Server) -> int:
+    return server.servers[0].sockets[0].getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_port(onnx_predictor: Predictor) -> Iterator[int]:
+    with running(onnx_predictor) as server:
+        yield port_of(server)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_every_connection_has_nagles_algorithm_off(onnx_predictor: Predictor, loop: str) -> None:
+    """Else an answer's body, written after its head, waits for the client's delayed ACK:
+    40 ms a request under `prm serve --workers 2` on asyncio's loop."""
+    with running(onnx_predictor, loop) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", port_of(server), timeout=3)
+        connection.request("GET", "/livez")
+        assert connection.getresponse().read()
+        (protocol,) = server.server_state.connections
+        server_side = protocol.transport.get_extra_info("socket")
+        assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        connection.close()
 
 
 def closed_after(connection: socket.socket, limit: float = 3.0) -> tuple[float, bytes]:
