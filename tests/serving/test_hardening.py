@@ -513,6 +513,20 @@ def test_a_slow_head_on_a_kept_alive_connection_is_cut_off(live_port: int) -> No
     connection.close()
 
 
+def test_a_request_head_over_16_kib_is_400_and_the_connection_closed(live_port: int) -> None:
+    head = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 20_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", live_port)) as connection:
+        with contextlib.suppress(OSError):  # reset, once the service has closed it
+            connection.sendall(head)
+        seconds, received = closed_after(connection)
+    assert received.startswith(b"HTTP/1.1 400 ") and b"request head over 16384 bytes" in received
+    assert seconds < 2
+    with socket.create_connection(("127.0.0.1", live_port)) as connection:  # 15 KiB is fine
+        connection.sendall(head.replace(b"a" * 20_000, b"a" * 15_000))
+        connection.settimeout(3)
+        assert connection.recv(4096).startswith(b"HTTP/1.1 200 ")
+
+
 def test_a_slow_body_gets_408_and_the_connection_closed(live_port: int) -> None:
     head = b"POST /rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     with socket.create_connection(("127.0.0.1", live_port)) as connection:

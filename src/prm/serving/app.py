@@ -70,6 +70,7 @@ from prm.serving.schemas import (
 log = logging.getLogger("prm.serving")
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a 1024-item list with 64 features each fits
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers; h11's limit, which uvicorn had before
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/livez"})  # answered without the API key
 MIN_API_KEY_LENGTH = 16
@@ -652,7 +653,8 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
     would hold a socket for ever. Here each head must be whole within
     ``ServeLimits.header_timeout`` of the connection opening, or of its own first byte on a
     kept-alive connection (whose idle gap uvicorn's keep-alive timeout bounds); else the
-    connection is closed.
+    connection is closed. httptools bounds no head's size: one over ``MAX_HEAD_BYTES`` gets
+    400 and the connection is closed.
 
     A response leaves in two writes (head, then body). asyncio turns Nagle's algorithm off
     only for sockets it knows are TCP, and a listening socket handed to ``--workers``
@@ -664,6 +666,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.header_timeout = limits_from_env().header_timeout
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._head_bytes = 0  # received since the head clock started
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -676,17 +679,33 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         between_requests = self.cycle is None or self.cycle.response_complete
         if between_requests and self._head_deadline is None:
             self._start_head_clock()
+        self._head_bytes += len(data)
         super().data_received(data)  # calls on_headers_complete once a head is whole
+        if self._head_deadline is not None and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head()  # still no end to this head, and already too long
 
     def on_headers_complete(self) -> None:
         self._stop_head_clock()
+        head = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if head > MAX_HEAD_BYTES:
+            self._refuse_head()
+            raise ValueError(f"request head of {head} bytes")  # stops the parser: no request
         super().on_headers_complete()
+
+    def _refuse_head(self) -> None:
+        self._stop_head_clock()
+        self.send_400_response(f"request head over {MAX_HEAD_BYTES} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing():  # once: uvicorn answers a parser error with another
+            super().send_400_response(msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_clock()
         super().connection_lost(exc)
 
     def _start_head_clock(self) -> None:
+        self._head_bytes = 0
         self._head_deadline = self.loop.call_later(
             spread(self.header_timeout), self.transport.close
         )
