@@ -9,9 +9,9 @@ latency does not depend on the weights. The service runs as a subprocess (`prm s
 Runtime thread) in each server setting below; clients are keep-alive connections driven by one
 asyncio loop (uvloop) in this process, each sending its next request when the last is
 answered, so the client costs the shared cores as little as it can. Prints markdown tables
-and checks the targets on the medians over rounds: with 8 and 16 clients and 30-item lists, >= 1,500 requests/s at
-p99 <= 20 ms; with one client, p99 <= 2 ms; ONNX Runtime >= 1.5x faster than PyTorch eager
-on one list; no 5xx. Exits 1 on any 5xx.
+and checks the targets on the medians over rounds: with 8 and 16 clients and 30-item lists,
+>= 1,500 requests/s at p99 <= 20 ms; with one client, p99 <= 2 ms; ONNX Runtime >= 1.5x
+faster than PyTorch eager on one list; no 5xx. Exits 1 on any 5xx.
 """
 
 from __future__ import annotations

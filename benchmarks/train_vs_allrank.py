@@ -1,0 +1,327 @@
+"""PRM's training speed against allRank's at the PRM authors' size, alternated in one run.
+
+    .venv/bin/python benchmarks/train_vs_allrank.py --setup-allrank /tmp/allrank-env   # once
+    .venv/bin/python benchmarks/train_vs_allrank.py --allrank-python /tmp/allrank-env/bin/python
+
+The size is the PRM paper's (Pei et al. 2019, Section 5): lists of 30, d_model 64, 2 blocks,
+1 head, d_ff 128, batch 512, dropout 0.1, 60 input features (28 item features + 32 PV). Each
+round times, one after the other so that the machine's drift lands on all alike:
+
+* allRank: ``benchmarks/allrank_step.py`` in allRank's own environment (allRank 1.4.3 pins
+  torch <= 1.8, which has no wheel for this Python: it gets this torch, ``setuptools<81`` for
+  its ``pkg_resources`` and a stand-in for ``torchvision.transforms.Compose``, the one name it
+  imports from torchvision). Model, loss and Adam on one batch in memory.
+* PRM, step: the same bare step for PRM (model, softmax cross-entropy, fused Adam, one batch
+  in memory), fp32 and ``bf16`` autocast.
+* PRM, trainer: ``Trainer.train_epoch`` end to end (batch assembly, prefetch thread,
+  learning-rate schedule, load following), fp32 and ``--precision bf16``.
+* Study rows, not in the trainer: what a step would give with dropout masks drawn from
+  ``torch.rand`` instead of ``bernoulli_``, and with the model's weights and activations in
+  bf16 (fp32 master weights in Adam, attention computed in fp32). They bound what those two
+  changes would buy before anyone makes them.
+
+Prints each rate's median over rounds and its ratio to allRank's. Without ``--allrank-python``
+the reference is a bare ``nn.TransformerEncoder`` step of the same size (the proxy the issue
+allows when allRank cannot be installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prm.config import PRMConfig, TrainConfig
+from prm.data.batch import ListInputs
+from prm.data.streaming import InMemoryLists
+from prm.models import layers
+from prm.registry import ModelSpec
+from prm.training.losses import softmax_cross_entropy
+from prm.training.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_throughput import BareEncoder, Size, synthetic_lists  # noqa: E402
+
+LENGTH, D_MODEL, BLOCKS, HEADS, D_FF, BATCH, DROPOUT = 30, 64, 2, 1, 128, 512, 0.1
+D_FEATURE, D_PV = 28, 32
+ALLRANK_REQUIREMENTS = [
+    *("torch==2.13.0", "numpy", "attrs", "scikit-learn", "setuptools<81", "gcsfs")
+]
+COMPOSE_STAND_IN = '''"""Stand-in for torchvision.transforms: allRank imports Compose."""
+
+
+class Compose:
+    def __init__(self, transforms):
+        self.transforms = transforms
+
+    def __call__(self, x):
+        for transform in self.transforms:
+            x = transform(x)
+        return x
+'''
+
+
+def setup_allrank(env: Path) -> None:
+    """A virtual environment with allRank 1.4.3 that imports and trains on this torch."""
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    pip = [str(env / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, *ALLRANK_REQUIREMENTS], check=True)
+    subprocess.run([*pip, "--no-deps", "allRank==1.4.3"], check=True)
+    site = subprocess.run(
+        [str(env / "bin" / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    stand_in = Path(site) / "torchvision"
+    stand_in.mkdir(exist_ok=True)
+    (stand_in / "__init__.py").write_text("from . import transforms  # noqa: F401\n")
+    (stand_in / "transforms.py").write_text(COMPOSE_STAND_IN)
+    print(f"allRank ready: --allrank-python {env / 'bin' / 'python'}")
+
+
+def allrank_rate(python: str, seconds: float) -> float:
+    """Lists per second of allRank's step, timed in its own environment."""
+    script = Path(__file__).with_name("allrank_step.py")
+    arguments = {
+        "--length": LENGTH,
+        "--d-model": D_MODEL,
+        "--blocks": BLOCKS,
+        "--heads": HEADS,
+        "--d-ff": D_FF,
+        "--batch": BATCH,
+        "--features": D_FEATURE + D_PV,
+        "--dropout": DROPOUT,
+        "--seconds": seconds,
+        "--threads": torch.get_num_threads(),
+    }
+    command = [python, "-W", "ignore", str(script)]
+    command += [str(part) for pair in arguments.items() for part in pair]
+    result = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["lists_per_second"]
+
+
+def timed(step: Callable[[], None], seconds: float) -> float:
+    """Lists per second of ``step`` (one batch), the best of two windows of ``seconds``."""
+    for _ in range(2):
+        step()
+    started = time.perf_counter()
+    step()
+    n = max(2, int(seconds / (time.perf_counter() - started)))
+    best = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        for _ in range(n):
+            step()
+        best = max(best, n * BATCH / (time.perf_counter() - started))
+    return best
+
+
+class RandDropout(nn.Module):
+    """Dropout whose mask compares ``torch.rand`` with p: the same distribution as
+    ``nn.Dropout``, whose ``bernoulli_`` draws cost this CPU 2.5 times as much."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
+def fp32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Fused attention in fp32 for bf16 q, k, v: the CPU's bf16 kernel is slower at L = 30."""
+    return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
+
+
+def prm_step_rate(seconds: float, *, autocast: bool, rand_dropout: bool, pure_bf16: bool) -> float:
+    """Lists per second of PRM's bare step: model, loss, fused Adam on one batch in memory."""
+    spec = ModelSpec.of(
+        "prm",
+        PRMConfig(d_model=D_MODEL, n_heads=HEADS, n_blocks=BLOCKS, d_ff=D_FF, dropout=DROPOUT),
+        D_FEATURE,
+        D_PV,
+    )
+    torch.manual_seed(0)
+    model = spec.build().train()
+    if rand_dropout:
+        for block in model.blocks:
+            block.dropout = RandDropout(DROPOUT)
+    data = synthetic_lists(BATCH, LENGTH, np.random.default_rng(0))
+    features, pv = torch.from_numpy(data.features), torch.from_numpy(data.pv)
+    positions, mask = torch.from_numpy(data.positions), torch.from_numpy(data.mask)
+    labels = torch.from_numpy(data.labels)
+    master = list(model.parameters())  # what Adam updates, fp32
+    optimizer = torch.optim.Adam(master, lr=1e-3, fused=True)
+    if pure_bf16:
+        model = copy.deepcopy(model).to(torch.bfloat16)
+        features, pv = features.bfloat16(), pv.bfloat16()
+    working = list(model.parameters())
+    inputs = ListInputs(features, pv, positions, mask)
+
+    def step() -> None:
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            scores = model(inputs).float()
+        loss = softmax_cross_entropy(scores, labels, mask=mask)
+        optimizer.zero_grad(set_to_none=True)
+        for parameter in working:
+            parameter.grad = None
+        loss.backward()
+        if pure_bf16:
+            for fp32, bf16 in zip(master, working, strict=True):
+                fp32.grad = bf16.grad.float()
+        optimizer.step()
+        if pure_bf16:
+            with torch.no_grad():
+                torch._foreach_copy_(working, master)
+
+    if pure_bf16:
+        layers.F = _with_attention(fp32_attention)
+    try:
+        return timed(step, seconds)
+    finally:
+        layers.F = F
+
+
+def _with_attention(attention: Callable) -> object:
+    """``torch.nn.functional`` as the model module sees it, with another attention kernel."""
+
+    class Functional:
+        def __getattr__(self, name: str) -> object:
+            return attention if name == "scaled_dot_product_attention" else getattr(F, name)
+
+    return Functional()
+
+
+def trainer_rate(seconds: float, precision: str) -> float:
+    """Lists per second of ``Trainer.train_epoch`` end to end."""
+    spec = ModelSpec.of(
+        "prm",
+        PRMConfig(d_model=D_MODEL, n_heads=HEADS, n_blocks=BLOCKS, d_ff=D_FF, dropout=DROPOUT),
+        D_FEATURE,
+        D_PV,
+    )
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as run_dir:
+        config = TrainConfig(batch_size=BATCH, precision=precision)
+        trainer = Trainer(spec, config, run_dir, progress=False)
+        warm = InMemoryLists(synthetic_lists(2 * BATCH, LENGTH, rng))
+        trainer.train_epoch(warm, 0)
+        started = time.perf_counter()
+        trainer.train_epoch(warm, 0)
+        steps = max(2, int(seconds / ((time.perf_counter() - started) / 2)))
+        lists = InMemoryLists(synthetic_lists(steps * BATCH, LENGTH, rng))
+        best = 0.0
+        for _ in range(2):
+            started = time.perf_counter()
+            trainer.train_epoch(lists, 0)
+            best = max(best, len(lists) / (time.perf_counter() - started))
+        return best
+
+
+def encoder_rate(seconds: float) -> float:
+    """Lists per second of a bare ``nn.TransformerEncoder`` step (the allRank proxy)."""
+    size = Size(LENGTH, D_MODEL, BLOCKS)
+    torch.manual_seed(0)
+    model = BareEncoder(size).train()
+    model.encoder = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(D_MODEL, HEADS, D_FF, DROPOUT, batch_first=True),
+        BLOCKS,
+        enable_nested_tensor=False,
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    data = synthetic_lists(BATCH, LENGTH, np.random.default_rng(0))
+    x = torch.cat([torch.from_numpy(data.features), torch.from_numpy(data.pv)], -1)
+    mask, labels = torch.from_numpy(data.mask), torch.from_numpy(data.labels)
+
+    def step() -> None:
+        loss = softmax_cross_entropy(model(x, mask), labels, mask=mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return timed(step, seconds)
+
+
+ROWS: dict[str, Callable[[float], float]] = {
+    "PRM, trainer, fp32": lambda s: trainer_rate(s, "fp32"),
+    "PRM, trainer, bf16 autocast": lambda s: trainer_rate(s, "bf16"),
+    "PRM, step, fp32": lambda s: prm_step_rate(
+        s, autocast=False, rand_dropout=False, pure_bf16=False
+    ),
+    "PRM, step, bf16 autocast": lambda s: prm_step_rate(
+        s, autocast=True, rand_dropout=False, pure_bf16=False
+    ),
+    "study: step, fp32, rand dropout": lambda s: prm_step_rate(
+        s, autocast=False, rand_dropout=True, pure_bf16=False
+    ),
+    "study: step, bf16 weights and activations (attention fp32)": lambda s: prm_step_rate(
+        s, autocast=False, rand_dropout=False, pure_bf16=True
+    ),
+    "study: step, bf16 weights and activations (attention fp32), rand dropout": lambda s: (
+        prm_step_rate(s, autocast=False, rand_dropout=True, pure_bf16=True)
+    ),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--allrank-python", help="the python of an environment with allRank")
+    parser.add_argument("--setup-allrank", metavar="DIR", help="make that environment, then exit")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of a timed window")
+    args = parser.parse_args()
+    if args.setup_allrank:
+        setup_allrank(Path(args.setup_allrank))
+        return 0
+    reference = "allRank 1.4.3, step" if args.allrank_python else "nn.TransformerEncoder, step"
+    rates: dict[str, list[float]] = {reference: [], **{name: [] for name in ROWS}}
+    started = time.perf_counter()
+    for round_number in range(1, args.rounds + 1):
+        print(f"round {round_number} of {args.rounds} ...", file=sys.stderr)
+        if args.allrank_python:
+            rates[reference].append(allrank_rate(args.allrank_python, args.seconds))
+        else:
+            rates[reference].append(encoder_rate(args.seconds))
+        for name, rate in ROWS.items():
+            rates[name].append(rate(args.seconds))
+
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if "model name" in line]
+        cpu = names[0] if names else cpu
+    print(
+        f"machine: {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads; size: L {LENGTH}, d_model {D_MODEL}, "
+        f"{BLOCKS} blocks, {HEADS} head, d_ff {D_FF}, batch {BATCH}, dropout {DROPOUT}\n"
+    )
+    print(f"| what | lists/s (median of {args.rounds} rounds) | each round | vs {reference} |")
+    print("|---|---|---|---|")
+    base = float(np.median(rates[reference]))
+    for name, values in rates.items():
+        median = float(np.median(values))
+        each = " / ".join(f"{value:.0f}" for value in values)
+        print(f"| {name} | {median:.0f} | {each} | {median / base:.2f}x |")
+    print(f"\nwall time {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
