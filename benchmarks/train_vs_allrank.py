@@ -22,7 +22,8 @@ round times, one after the other so that the machine's drift lands on all alike:
 
 Prints each rate's median over rounds and its ratio to allRank's. Without ``--allrank-python``
 the reference is a bare ``nn.TransformerEncoder`` step of the same size (the proxy the issue
-allows when allRank cannot be installed).
+allows when allRank cannot be installed). ``--kernels`` prints instead where a trainer step's
+time goes (torch.profiler) and the kernels behind the study rows, timed alone.
 """
 
 from __future__ import annotations
@@ -259,6 +260,80 @@ def encoder_rate(seconds: float) -> float:
     return timed(step, seconds)
 
 
+def kernel_report() -> None:
+    """Where a fp32 step of the trainer goes, and the kernels the study rows change."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = ModelSpec.of(
+        "prm",
+        PRMConfig(d_model=D_MODEL, n_heads=HEADS, n_blocks=BLOCKS, d_ff=D_FF, dropout=DROPOUT),
+        D_FEATURE,
+        D_PV,
+    )
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(spec, TrainConfig(batch_size=BATCH), run_dir, progress=False)
+        lists = InMemoryLists(synthetic_lists(20 * BATCH, LENGTH, np.random.default_rng(0)))
+        trainer.train_epoch(lists, 0)
+        with profile(activities=[ProfilerActivity.CPU]) as profiled:
+            trainer.train_epoch(lists, 0)
+    events = profiled.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    groups = {
+        "matrix products (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
+        "dropout masks (bernoulli_)": ("aten::bernoulli_",),
+        "fused attention, forward and backward": ("scaled_dot_product",),
+    }
+    print("Self CPU time of 20 fp32 trainer steps, torch.profiler:\n")
+    print("| operations | share |\n|---|---|")
+    grouped = 0.0
+    for name, keys in groups.items():
+        share = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in keys))
+        grouped += share
+        print(f"| {name} | {100 * share / total:.0f}% |")
+    print(f"| everything else | {100 * (total - grouped) / total:.0f}% |\n")
+
+    x = torch.randn(BATCH, LENGTH, D_MODEL)
+    print("Kernels alone, milliseconds a call (median of 30):\n")
+    print("| kernel | fp32 | bf16 |\n|---|---|---|")
+
+    def ms(call: Callable[[], object]) -> float:
+        for _ in range(3):
+            call()
+        times = []
+        for _ in range(30):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        return 1e3 * float(np.median(times))
+
+    print(
+        f"| dropout mask, `bernoulli_` | {ms(lambda: torch.empty_like(x).bernoulli_(0.9)):.2f} "
+        f"| - |\n| dropout mask, `torch.rand(...) >= p` "
+        f"| {ms(lambda: torch.rand(x.shape) >= DROPOUT):.2f} | - |"
+    )
+    products = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(BATCH * LENGTH, D_MODEL, dtype=dtype)
+        b = torch.randn(D_MODEL, 3 * D_MODEL, dtype=dtype)
+        products.append(ms(lambda a=a, b=b: a @ b))
+    print(
+        f"| product {BATCH * LENGTH} x {D_MODEL} x {3 * D_MODEL} | {products[0]:.2f} "
+        f"| {products[1]:.2f} |"
+    )
+    attention = []
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v = (
+            torch.randn(BATCH, HEADS, LENGTH, D_MODEL // HEADS, dtype=dtype, requires_grad=True)
+            for _ in range(3)
+        )
+
+        def forward_backward(q=q, k=k, v=v) -> None:
+            F.scaled_dot_product_attention(q, k, v).sum().backward()
+
+        attention.append(ms(forward_backward))
+    print(f"| fused attention, forward and backward | {attention[0]:.2f} | {attention[1]:.2f} |")
+
+
 ROWS: dict[str, Callable[[float], float]] = {
     "PRM, trainer, fp32": lambda s: trainer_rate(s, "fp32"),
     "PRM, trainer, bf16 autocast": lambda s: trainer_rate(s, "bf16"),
@@ -286,9 +361,13 @@ def main() -> int:
     parser.add_argument("--setup-allrank", metavar="DIR", help="make that environment, then exit")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0, help="length of a timed window")
+    parser.add_argument("--kernels", action="store_true", help="where a step's time goes")
     args = parser.parse_args()
     if args.setup_allrank:
         setup_allrank(Path(args.setup_allrank))
+        return 0
+    if args.kernels:
+        kernel_report()
         return 0
     reference = "allRank 1.4.3, step" if args.allrank_python else "nn.TransformerEncoder, step"
     rates: dict[str, list[float]] = {reference: [], **{name: [] for name in ROWS}}
