@@ -70,7 +70,7 @@ from prm.serving.schemas import (
 log = logging.getLogger("prm.serving")
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a 1024-item list with 64 features each fits
-MAX_HEAD_BYTES = 16 * 1024  # request line and headers; h11's limit, which uvicorn had before
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers: h11's limit, before httptools
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/livez"})  # answered without the API key
 MIN_API_KEY_LENGTH = 16
@@ -199,8 +199,8 @@ def ranked_response(request: RerankRequest, scores: np.ndarray, version: str) ->
     """The :class:`RerankResponse` JSON of one list's (n,) scores: the candidates sorted by
     score, best first; ties keep their initial order.
 
-    Written with ``json.dumps`` rather than through the response model: per request, that is
-    the cost of one model and 30 item objects built and serialized, a tenth of the scoring.
+    Written with ``json.dumps`` rather than through the response model, which would build,
+    validate and serialize one object per candidate on every request.
     """
     if not np.isfinite(scores).all():
         raise unservable(
@@ -274,8 +274,8 @@ class ModelBodyRoute(APIRoute):
     pass by pydantic-core, and returns a :class:`Response` as it is.
 
     FastAPI would parse the JSON, validate the parsed objects, then validate and serialize the
-    endpoint's return value against ``response_model``: on /rerank that is a third of a
-    request's CPU. The endpoint's signature still documents the API (/docs, /openapi.json).
+    endpoint's return value against ``response_model``, each a pass over every candidate. The
+    endpoint's signature still documents the API (/docs, /openapi.json).
     Errors keep FastAPI's shape: 422 whose ``loc`` starts with ``body``; a JSON syntax error
     is located at the field where it occurs (:func:`json_path_at`), and the JSON parser bounds
     nesting.
@@ -341,9 +341,10 @@ class ScoringThread:
     ONNX Runtime and PyTorch release the GIL while they compute, so the event loop parses,
     validates and answers other requests meanwhile: one worker keeps two cores busy. Lists
     that arrive while a batch is being scored wait, and are scored together next (at most
-    ``max_batch``, in groups of one shape): under load this costs a quarter less per list
-    and one thread hand-off per batch instead of per request. A list's scores then depend
-    on its batch in their last float32 bits; ``max_batch=1`` scores each list alone.
+    ``max_batch``, in groups of one shape): under load a list then costs less, and the
+    thread hand-off is paid once a batch (benchmarks/RESULTS.md, "Serving latency and
+    throughput"). A list's scores then depend on its batch in their last float32 bits;
+    ``max_batch=1`` scores each list alone.
     """
 
     def __init__(self, predictor: Predictor, max_batch: int = 32) -> None:
