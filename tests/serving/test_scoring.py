@@ -41,14 +41,22 @@ def candidate_lists(predictor: Predictor, lengths: list[int]) -> list[CandidateL
     ]
 
 
-def score_concurrently(scoring: ScoringThread, lists: list, gate: threading.Event) -> list:
+def score_concurrently(
+    scoring: ScoringThread, lists: list, gate: threading.Event, leaving: int | None = None
+) -> list:
+    """Each list's scores (or error): the first holds the thread at the gate while the rest
+    queue up; the request at index ``leaving`` is cancelled (its client left) meanwhile, and
+    left out of the answer."""
+
     async def all_of_them() -> list:
-        first = asyncio.ensure_future(scoring.score(lists[0]))  # holds the thread at the gate
+        first = asyncio.ensure_future(scoring.score(lists[0]))
         await asyncio.sleep(0.05)
-        rest = [asyncio.ensure_future(scoring.score(inputs)) for inputs in lists[1:]]
+        waiting = [first] + [asyncio.ensure_future(scoring.score(x)) for x in lists[1:]]
         await asyncio.sleep(0.05)
+        if leaving is not None:
+            waiting.pop(leaving).cancel()
         gate.set()
-        return [await first] + [await each for each in rest]
+        return await asyncio.gather(*waiting, return_exceptions=True)
 
     return asyncio.run(all_of_them())
 
@@ -93,16 +101,7 @@ def test_a_failure_reaches_every_request_of_its_batch(onnx_predictor: Predictor)
     gate = threading.Event()
     recording = FailingSecond(onnx_predictor, gate)
     scoring = ScoringThread(recording)
-
-    async def outcomes() -> list:
-        first = asyncio.ensure_future(scoring.score(lists[0]))  # holds the thread at the gate
-        await asyncio.sleep(0.05)
-        rest = [asyncio.ensure_future(scoring.score(inputs)) for inputs in lists[1:]]
-        await asyncio.sleep(0.05)
-        gate.set()
-        return await asyncio.gather(first, *rest, return_exceptions=True)
-
-    scored, *failed = asyncio.run(outcomes())
+    scored, *failed = score_concurrently(scoring, lists, gate)
     assert recording.batches == [(1, 5), (3, 5)]
     np.testing.assert_array_equal(scored, onnx_predictor.score(lists[0]))
     assert all(isinstance(e, ValueError) and "backend failed" in str(e) for e in failed)
@@ -117,17 +116,7 @@ def test_a_request_whose_client_left_does_not_stop_the_others(onnx_predictor: Pr
     lists = candidate_lists(onnx_predictor, [5] * 4)
     gate = threading.Event()
     scoring = ScoringThread(Recording(onnx_predictor, gate), max_batch=8)
-
-    async def one_cancelled() -> list:
-        first = asyncio.ensure_future(scoring.score(lists[0]))  # holds the thread at the gate
-        await asyncio.sleep(0.05)
-        rest = [asyncio.ensure_future(scoring.score(inputs)) for inputs in lists[1:]]
-        await asyncio.sleep(0.01)
-        rest[0].cancel()  # its client left while it waited
-        gate.set()
-        return await asyncio.gather(first, rest[1], rest[2])
-
-    kept = asyncio.run(one_cancelled())
+    kept = score_concurrently(scoring, lists, gate, leaving=1)
     for inputs, scores in zip([lists[0], lists[2], lists[3]], kept, strict=True):
         np.testing.assert_allclose(scores, onnx_predictor.score(inputs), rtol=1e-5, atol=1e-6)
 
