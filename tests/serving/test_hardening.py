@@ -353,6 +353,7 @@ def test_each_worker_builds_the_app_serve_describes(
         "BUNDLE": str(served.bundle),
         "BACKEND": "onnx",
         "THREADS": "1",
+        "MAX_BATCH": "8",
         "LIMITS": json.dumps(asdict(ServeLimits(max_body_bytes=100))),
         "API_KEY_ENV": "PRM_TEST_KEY",
     }.items():
@@ -382,6 +383,7 @@ def test_prm_serve_defaults_are_the_library_defaults() -> None:
         )
         == ServeLimits()
     )
+    assert args.max_batch == app_module.MAX_BATCH
 
 
 @pytest.mark.parametrize(

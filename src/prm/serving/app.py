@@ -70,6 +70,7 @@ from prm.serving.schemas import (
 log = logging.getLogger("prm.serving")
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: a 1024-item list with 64 features each fits
+MAX_BATCH = 32  # lists scored together at most (`prm serve --max-batch`)
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers: h11's limit, before httptools
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/livez"})  # answered without the API key
@@ -347,7 +348,7 @@ class ScoringThread:
     ``max_batch=1`` scores each list alone.
     """
 
-    def __init__(self, predictor: Predictor, max_batch: int = 32) -> None:
+    def __init__(self, predictor: Predictor, max_batch: int = MAX_BATCH) -> None:
         self.predictor = predictor
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[CandidateLists, asyncio.Future[np.ndarray]]]
@@ -401,7 +402,7 @@ def _settle(
 class Service:
     """The predictor behind the app, loaded once, in a background thread or on demand."""
 
-    def __init__(self, load: Callable[[], Predictor], max_batch: int = 32) -> None:
+    def __init__(self, load: Callable[[], Predictor], max_batch: int = MAX_BATCH) -> None:
         self._load = load
         self.max_batch = max_batch
         self._lock = threading.Lock()
@@ -920,7 +921,7 @@ def app_from_env() -> FastAPI:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     backend: BackendName = os.environ[f"{ENV_PREFIX}BACKEND"]  # type: ignore[assignment]
     threads = int(os.environ[f"{ENV_PREFIX}THREADS"])
-    max_batch = int(os.environ.get(f"{ENV_PREFIX}MAX_BATCH", "32"))
+    max_batch = int(os.environ[f"{ENV_PREFIX}MAX_BATCH"])
     if backend == "torch":
         import torch
 
@@ -942,7 +943,7 @@ def serve(
     port: int = 8000,
     workers: int = 1,
     threads: int = 1,
-    max_batch: int = 32,
+    max_batch: int = MAX_BATCH,
     limits: ServeLimits | None = None,
     api_key_env: str | None = None,
     allow_unauthenticated: bool = False,
