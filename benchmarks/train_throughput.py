@@ -66,6 +66,8 @@ class Size:
     length: int
     d_model: int
     blocks: int
+    n_heads: int = 0  # 0: d_k = 32, as PRMConfig's defaults (64, 2 heads)
+    lists_per_batch: int = 0  # 0: ITEMS_PER_BATCH items a batch
 
     @property
     def d_ff(self) -> int:
@@ -73,11 +75,22 @@ class Size:
 
     @property
     def heads(self) -> int:
-        return self.d_model // 32  # d_k = 32, as PRMConfig's defaults (64, 2 heads)
+        return self.n_heads or self.d_model // 32
 
     @property
     def batch(self) -> int:
-        return ITEMS_PER_BATCH // self.length
+        return self.lists_per_batch or ITEMS_PER_BATCH // self.length
+
+    def spec(self) -> ModelSpec:
+        """PRM of this size, on the simulator's item features and DeepFM's PV."""
+        config = PRMConfig(
+            d_model=self.d_model,
+            n_heads=self.heads,
+            n_blocks=self.blocks,
+            d_ff=self.d_ff,
+            dropout=DROPOUT,
+        )
+        return ModelSpec.of("prm", config, D_FEATURE, D_PV)
 
     def training_flops_per_list(self) -> int:
         """3 x the forward FLOPs of the module docstring."""
@@ -138,21 +151,9 @@ def window_steps(step_seconds: float, seconds: float) -> int:
 
 def prm_rate(size: Size, config: TrainConfig, seconds: float, repeats: int) -> float:
     """Lists per second of ``Trainer.train_epoch``."""
-    spec = ModelSpec.of(
-        "prm",
-        PRMConfig(
-            d_model=size.d_model,
-            n_heads=size.heads,
-            n_blocks=size.blocks,
-            d_ff=size.d_ff,
-            dropout=DROPOUT,
-        ),
-        D_FEATURE,
-        D_PV,
-    )
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(spec, config, run_dir, progress=False)
+        trainer = Trainer(size.spec(), config, run_dir, progress=False)
         warm = InMemoryLists(synthetic_lists(2 * size.batch, size.length, rng))
         trainer.train_epoch(warm, 0)  # compiles, when compiling
         started = time.perf_counter()

@@ -45,19 +45,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prm.config import PRMConfig, TrainConfig
+from prm.config import TrainConfig
 from prm.data.batch import ListInputs
 from prm.data.streaming import InMemoryLists
 from prm.models import layers
-from prm.registry import ModelSpec
 from prm.training.losses import softmax_cross_entropy
 from prm.training.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_throughput import BareEncoder, Size, synthetic_lists  # noqa: E402
+from train_throughput import (  # noqa: E402
+    D_FEATURE,
+    D_PV,
+    DROPOUT,
+    Size,
+    best_rate,
+    encoder_rate,
+    prm_rate,
+    synthetic_lists,
+    window_steps,
+)
 
-LENGTH, D_MODEL, BLOCKS, HEADS, D_FF, BATCH, DROPOUT = 30, 64, 2, 1, 128, 512, 0.1
-D_FEATURE, D_PV = 28, 32
+# The PRM paper's size: d_ff 2 d_model = 128; dropout 0.1 and 28 + 32 input features as
+# train_throughput.py's rows.
+AUTHORS = Size(length=30, d_model=64, blocks=2, n_heads=1, lists_per_batch=512)
+REPEATS = 2  # timed windows per rate; the best is kept
 ALLRANK_REQUIREMENTS = [
     *("torch==2.13.0", "numpy", "attrs", "scikit-learn", "setuptools<81", "gcsfs")
 ]
@@ -98,12 +109,12 @@ def allrank_rate(python: str, seconds: float) -> float:
     """Lists per second of allRank's step, timed in its own environment."""
     script = Path(__file__).with_name("allrank_step.py")
     arguments = {
-        "--length": LENGTH,
-        "--d-model": D_MODEL,
-        "--blocks": BLOCKS,
-        "--heads": HEADS,
-        "--d-ff": D_FF,
-        "--batch": BATCH,
+        "--length": AUTHORS.length,
+        "--d-model": AUTHORS.d_model,
+        "--blocks": AUTHORS.blocks,
+        "--heads": AUTHORS.heads,
+        "--d-ff": AUTHORS.d_ff,
+        "--batch": AUTHORS.batch,
         "--features": D_FEATURE + D_PV,
         "--dropout": DROPOUT,
         "--seconds": seconds,
@@ -115,25 +126,9 @@ def allrank_rate(python: str, seconds: float) -> float:
     return json.loads(result.stdout.strip().splitlines()[-1])["lists_per_second"]
 
 
-def timed(step: Callable[[], None], seconds: float) -> float:
-    """Lists per second of ``step`` (one batch), the best of two windows of ``seconds``."""
-    for _ in range(2):
-        step()
-    started = time.perf_counter()
-    step()
-    n = max(2, int(seconds / (time.perf_counter() - started)))
-    best = 0.0
-    for _ in range(2):
-        started = time.perf_counter()
-        for _ in range(n):
-            step()
-        best = max(best, n * BATCH / (time.perf_counter() - started))
-    return best
-
-
 class RandDropout(nn.Module):
     """Dropout whose mask compares ``torch.rand`` with p: the same distribution as
-    ``nn.Dropout``, whose ``bernoulli_`` draws cost this CPU 2.5 times as much."""
+    ``nn.Dropout``, whose ``bernoulli_`` draws take this CPU about twice as long."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
@@ -153,18 +148,12 @@ def fp32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) 
 
 def prm_step_rate(seconds: float, *, autocast: bool, rand_dropout: bool, pure_bf16: bool) -> float:
     """Lists per second of PRM's bare step: model, loss, fused Adam on one batch in memory."""
-    spec = ModelSpec.of(
-        "prm",
-        PRMConfig(d_model=D_MODEL, n_heads=HEADS, n_blocks=BLOCKS, d_ff=D_FF, dropout=DROPOUT),
-        D_FEATURE,
-        D_PV,
-    )
     torch.manual_seed(0)
-    model = spec.build().train()
+    model = AUTHORS.spec().build().train()
     if rand_dropout:
         for block in model.blocks:
             block.dropout = RandDropout(DROPOUT)
-    data = synthetic_lists(BATCH, LENGTH, np.random.default_rng(0))
+    data = synthetic_lists(AUTHORS.batch, AUTHORS.length, np.random.default_rng(0))
     features, pv = torch.from_numpy(data.features), torch.from_numpy(data.pv)
     positions, mask = torch.from_numpy(data.positions), torch.from_numpy(data.mask)
     labels = torch.from_numpy(data.labels)
@@ -192,10 +181,19 @@ def prm_step_rate(seconds: float, *, autocast: bool, rand_dropout: bool, pure_bf
             with torch.no_grad():
                 torch._foreach_copy_(working, master)
 
+    def steps(n: int) -> int:
+        for _ in range(n):
+            step()
+        return n * AUTHORS.batch
+
     if pure_bf16:
         layers.F = _with_attention(fp32_attention)
     try:
-        return timed(step, seconds)
+        steps(2)  # warm-up
+        started = time.perf_counter()
+        steps(2)
+        n = window_steps((time.perf_counter() - started) / 2, seconds)
+        return best_rate(lambda: steps(n), torch.device("cpu"), REPEATS)
     finally:
         layers.F = F
 
@@ -210,69 +208,15 @@ def _with_attention(attention: Callable) -> object:
     return Functional()
 
 
-def trainer_rate(seconds: float, precision: str) -> float:
-    """Lists per second of ``Trainer.train_epoch`` end to end."""
-    spec = ModelSpec.of(
-        "prm",
-        PRMConfig(d_model=D_MODEL, n_heads=HEADS, n_blocks=BLOCKS, d_ff=D_FF, dropout=DROPOUT),
-        D_FEATURE,
-        D_PV,
-    )
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as run_dir:
-        config = TrainConfig(batch_size=BATCH, precision=precision)
-        trainer = Trainer(spec, config, run_dir, progress=False)
-        warm = InMemoryLists(synthetic_lists(2 * BATCH, LENGTH, rng))
-        trainer.train_epoch(warm, 0)
-        started = time.perf_counter()
-        trainer.train_epoch(warm, 0)
-        steps = max(2, int(seconds / ((time.perf_counter() - started) / 2)))
-        lists = InMemoryLists(synthetic_lists(steps * BATCH, LENGTH, rng))
-        best = 0.0
-        for _ in range(2):
-            started = time.perf_counter()
-            trainer.train_epoch(lists, 0)
-            best = max(best, len(lists) / (time.perf_counter() - started))
-        return best
-
-
-def encoder_rate(seconds: float) -> float:
-    """Lists per second of a bare ``nn.TransformerEncoder`` step (the allRank proxy)."""
-    size = Size(LENGTH, D_MODEL, BLOCKS)
-    torch.manual_seed(0)
-    model = BareEncoder(size).train()
-    model.encoder = nn.TransformerEncoder(
-        nn.TransformerEncoderLayer(D_MODEL, HEADS, D_FF, DROPOUT, batch_first=True),
-        BLOCKS,
-        enable_nested_tensor=False,
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    data = synthetic_lists(BATCH, LENGTH, np.random.default_rng(0))
-    x = torch.cat([torch.from_numpy(data.features), torch.from_numpy(data.pv)], -1)
-    mask, labels = torch.from_numpy(data.mask), torch.from_numpy(data.labels)
-
-    def step() -> None:
-        loss = softmax_cross_entropy(model(x, mask), labels, mask=mask)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    return timed(step, seconds)
-
-
 def kernel_report() -> None:
     """Where a fp32 step of the trainer goes, and the kernels the study rows change."""
     from torch.profiler import ProfilerActivity, profile
 
-    spec = ModelSpec.of(
-        "prm",
-        PRMConfig(d_model=D_MODEL, n_heads=HEADS, n_blocks=BLOCKS, d_ff=D_FF, dropout=DROPOUT),
-        D_FEATURE,
-        D_PV,
-    )
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(spec, TrainConfig(batch_size=BATCH), run_dir, progress=False)
-        lists = InMemoryLists(synthetic_lists(20 * BATCH, LENGTH, np.random.default_rng(0)))
+        config = TrainConfig(batch_size=AUTHORS.batch)
+        trainer = Trainer(AUTHORS.spec(), config, run_dir, progress=False)
+        rng = np.random.default_rng(0)
+        lists = InMemoryLists(synthetic_lists(20 * AUTHORS.batch, AUTHORS.length, rng))
         trainer.train_epoch(lists, 0)
         with profile(activities=[ProfilerActivity.CPU]) as profiled:
             trainer.train_epoch(lists, 0)
@@ -292,7 +236,7 @@ def kernel_report() -> None:
         print(f"| {name} | {100 * share / total:.0f}% |")
     print(f"| everything else | {100 * (total - grouped) / total:.0f}% |\n")
 
-    x = torch.randn(BATCH, LENGTH, D_MODEL)
+    x = torch.randn(AUTHORS.batch, AUTHORS.length, AUTHORS.d_model)
     print("Kernels alone, milliseconds a call (median of 30):\n")
     print("| kernel | fp32 | bf16 |\n|---|---|---|")
 
@@ -313,25 +257,29 @@ def kernel_report() -> None:
     )
     products = []
     for dtype in (torch.float32, torch.bfloat16):
-        a = torch.randn(BATCH * LENGTH, D_MODEL, dtype=dtype)
-        b = torch.randn(D_MODEL, 3 * D_MODEL, dtype=dtype)
+        a = torch.randn(AUTHORS.batch * AUTHORS.length, AUTHORS.d_model, dtype=dtype)
+        b = torch.randn(AUTHORS.d_model, 3 * AUTHORS.d_model, dtype=dtype)
         products.append(ms(lambda a=a, b=b: a @ b))
     print(
-        f"| product {BATCH * LENGTH} x {D_MODEL} x {3 * D_MODEL} | {products[0]:.2f} "
+        f"| product {a.shape[0]} x {a.shape[1]} x {b.shape[1]} | {products[0]:.2f} "
         f"| {products[1]:.2f} |"
     )
     attention = []
     for dtype in (torch.float32, torch.bfloat16):
-        q, k, v = (
-            torch.randn(BATCH, HEADS, LENGTH, D_MODEL // HEADS, dtype=dtype, requires_grad=True)
-            for _ in range(3)
-        )
+        shape = (AUTHORS.batch, AUTHORS.heads, AUTHORS.length, AUTHORS.d_model // AUTHORS.heads)
+        q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
 
         def forward_backward(q=q, k=k, v=v) -> None:
             F.scaled_dot_product_attention(q, k, v).sum().backward()
 
         attention.append(ms(forward_backward))
     print(f"| fused attention, forward and backward | {attention[0]:.2f} | {attention[1]:.2f} |")
+
+
+def trainer_rate(seconds: float, precision: str) -> float:
+    """Lists per second of ``Trainer.train_epoch`` end to end."""
+    config = TrainConfig(batch_size=AUTHORS.batch, precision=precision)
+    return prm_rate(AUTHORS, config, seconds, REPEATS)
 
 
 ROWS: dict[str, Callable[[float], float]] = {
@@ -377,7 +325,8 @@ def main() -> int:
         if args.allrank_python:
             rates[reference].append(allrank_rate(args.allrank_python, args.seconds))
         else:
-            rates[reference].append(encoder_rate(args.seconds))
+            config = TrainConfig(batch_size=AUTHORS.batch)
+            rates[reference].append(encoder_rate(AUTHORS, config, args.seconds, REPEATS))
         for name, rate in ROWS.items():
             rates[name].append(rate(args.seconds))
 
@@ -388,8 +337,9 @@ def main() -> int:
         cpu = names[0] if names else cpu
     print(
         f"machine: {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads; size: L {LENGTH}, d_model {D_MODEL}, "
-        f"{BLOCKS} blocks, {HEADS} head, d_ff {D_FF}, batch {BATCH}, dropout {DROPOUT}\n"
+        f"{torch.get_num_threads()} torch threads; size: L {AUTHORS.length}, d_model "
+        f"{AUTHORS.d_model}, {AUTHORS.blocks} blocks, {AUTHORS.heads} head, d_ff {AUTHORS.d_ff}, "
+        f"batch {AUTHORS.batch}, dropout {DROPOUT}\n"
     )
     print(f"| what | lists/s (median of {args.rounds} rounds) | each round | vs {reference} |")
     print("|---|---|---|---|")
