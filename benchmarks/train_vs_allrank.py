@@ -11,26 +11,22 @@ round times, one after the other so that the machine's drift lands on all alike:
   torch <= 1.8, which has no wheel for this Python: it gets this torch, ``setuptools<81`` for
   its ``pkg_resources`` and a stand-in for ``torchvision.transforms.Compose``, the one name it
   imports from torchvision). Model, loss and Adam on one batch in memory.
-* PRM, step: the same bare step for PRM (model, softmax cross-entropy, fused Adam, one batch
-  in memory), fp32 and ``bf16`` autocast.
-* PRM, trainer: ``Trainer.train_epoch`` end to end (batch assembly, prefetch thread,
-  learning-rate schedule, load following), fp32 and ``--precision bf16``.
-* Study rows, not in the trainer: what a step would give with dropout masks drawn from
-  ``torch.rand`` instead of ``bernoulli_``, and with the model's weights and activations in
-  bf16 (fp32 master weights in Adam, attention computed in fp32). They bound what those two
-  changes would buy before anyone makes them.
+* PRM: ``Trainer.train_epoch`` end to end (batch assembly, prefetch thread, learning-rate
+  schedule, load following), with ``--precision fp32`` and ``bf16`` (a bf16 copy of the model
+  takes the step, Adam updates fp32 master weights: ``prm/training/precision.py``).
 
-Prints each rate's median over rounds and its ratio to allRank's. Without ``--allrank-python``
-the reference is a bare ``nn.TransformerEncoder`` step of the same size (the proxy the issue
-allows when allRank cannot be installed). ``--kernels`` prints instead where a trainer step's
-time goes (torch.profiler) and the kernels behind the study rows, timed alone.
+Prints each rate's median over rounds, its ratio to allRank's, and its FLOP rate against this
+CPU's fp32 and bf16 matmul peaks (measured after the rounds). Without ``--allrank-python`` the
+reference is a bare ``nn.TransformerEncoder`` step of the same size (the proxy the issue allows
+when allRank cannot be installed). ``--kernels`` prints instead where a trainer step's time
+goes in each precision (torch.profiler) and the kernels that differ between them, timed alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import math
 import os
 import platform
 import subprocess
@@ -43,13 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from prm.config import TrainConfig
-from prm.data.batch import ListInputs
 from prm.data.streaming import InMemoryLists
 from prm.models import layers
-from prm.training.losses import softmax_cross_entropy
 from prm.training.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -58,17 +51,18 @@ from train_throughput import (  # noqa: E402
     D_PV,
     DROPOUT,
     Size,
-    best_rate,
     encoder_rate,
+    matmul_peak,
     prm_rate,
     synthetic_lists,
-    window_steps,
 )
 
 # The PRM paper's size: d_ff 2 d_model = 128; dropout 0.1 and 28 + 32 input features as
 # train_throughput.py's rows.
 AUTHORS = Size(length=30, d_model=64, blocks=2, n_heads=1, lists_per_batch=512)
 REPEATS = 2  # timed windows per rate; the best is kept
+PEAK_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+PEAK_DTYPES = tuple(PEAK_NAMES)
 ALLRANK_REQUIREMENTS = [
     *("torch==2.13.0", "numpy", "attrs", "scikit-learn", "setuptools<81", "gcsfs")
 ]
@@ -126,119 +120,42 @@ def allrank_rate(python: str, seconds: float) -> float:
     return json.loads(result.stdout.strip().splitlines()[-1])["lists_per_second"]
 
 
-class RandDropout(nn.Module):
-    """Dropout whose mask compares ``torch.rand`` with p: the same distribution as
-    ``nn.Dropout``, whose ``bernoulli_`` draws take this CPU about twice as long."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        keep = torch.rand(x.shape, device=x.device) >= self.p
-        return x * keep * (1.0 / (1.0 - self.p))
-
-
-def fp32_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Fused attention in fp32 for bf16 q, k, v: the CPU's bf16 kernel is slower at L = 30."""
-    return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
-
-
-def prm_step_rate(seconds: float, *, autocast: bool, rand_dropout: bool, pure_bf16: bool) -> float:
-    """Lists per second of PRM's bare step: model, loss, fused Adam on one batch in memory."""
-    torch.manual_seed(0)
-    model = AUTHORS.spec().build().train()
-    if rand_dropout:
-        for block in model.blocks:
-            block.dropout = RandDropout(DROPOUT)
-    data = synthetic_lists(AUTHORS.batch, AUTHORS.length, np.random.default_rng(0))
-    features, pv = torch.from_numpy(data.features), torch.from_numpy(data.pv)
-    positions, mask = torch.from_numpy(data.positions), torch.from_numpy(data.mask)
-    labels = torch.from_numpy(data.labels)
-    master = list(model.parameters())  # what Adam updates, fp32
-    optimizer = torch.optim.Adam(master, lr=1e-3, fused=True)
-    if pure_bf16:
-        model = copy.deepcopy(model).to(torch.bfloat16)
-        features, pv = features.bfloat16(), pv.bfloat16()
-    working = list(model.parameters())
-    inputs = ListInputs(features, pv, positions, mask)
-
-    def step() -> None:
-        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-            scores = model(inputs).float()
-        loss = softmax_cross_entropy(scores, labels, mask=mask)
-        optimizer.zero_grad(set_to_none=True)
-        for parameter in working:
-            parameter.grad = None
-        loss.backward()
-        if pure_bf16:
-            for fp32, bf16 in zip(master, working, strict=True):
-                fp32.grad = bf16.grad.float()
-        optimizer.step()
-        if pure_bf16:
-            with torch.no_grad():
-                torch._foreach_copy_(working, master)
-
-    def steps(n: int) -> int:
-        for _ in range(n):
-            step()
-        return n * AUTHORS.batch
-
-    if pure_bf16:
-        layers.F = _with_attention(fp32_attention)
-    try:
-        steps(2)  # warm-up
-        started = time.perf_counter()
-        steps(2)
-        n = window_steps((time.perf_counter() - started) / 2, seconds)
-        return best_rate(lambda: steps(n), torch.device("cpu"), REPEATS)
-    finally:
-        layers.F = F
-
-
-def _with_attention(attention: Callable) -> object:
-    """``torch.nn.functional`` as the model module sees it, with another attention kernel."""
-
-    class Functional:
-        def __getattr__(self, name: str) -> object:
-            return attention if name == "scaled_dot_product_attention" else getattr(F, name)
-
-    return Functional()
-
-
 def kernel_report() -> None:
-    """Where a fp32 step of the trainer goes, and the kernels the study rows change."""
+    """Where a trainer step goes in each precision, and the kernels that differ, timed alone."""
     from torch.profiler import ProfilerActivity, profile
 
-    with tempfile.TemporaryDirectory() as run_dir:
-        config = TrainConfig(batch_size=AUTHORS.batch)
-        trainer = Trainer(AUTHORS.spec(), config, run_dir, progress=False)
-        rng = np.random.default_rng(0)
-        lists = InMemoryLists(synthetic_lists(20 * AUTHORS.batch, AUTHORS.length, rng))
-        trainer.train_epoch(lists, 0)
-        with profile(activities=[ProfilerActivity.CPU]) as profiled:
-            trainer.train_epoch(lists, 0)
-    events = profiled.key_averages()
-    total = sum(event.self_cpu_time_total for event in events)
     groups = {
         "matrix products (mm, addmm, bmm)": ("aten::mm", "aten::addmm", "aten::bmm"),
-        "dropout masks (bernoulli_)": ("aten::bernoulli_",),
-        "fused attention, forward and backward": ("scaled_dot_product",),
+        "dropout masks (bernoulli_; random_, bitwise_and, ge)": (
+            *("aten::bernoulli_", "aten::random_", "aten::bitwise_and", "aten::ge"),
+        ),
+        "attention (fused kernel; softmax)": ("scaled_dot_product", "softmax"),
+        "layer norm": ("layer_norm",),
     }
-    print("Self CPU time of 20 fp32 trainer steps, torch.profiler:\n")
-    print("| operations | share |\n|---|---|")
-    grouped = 0.0
-    for name, keys in groups.items():
-        share = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in keys))
-        grouped += share
-        print(f"| {name} | {100 * share / total:.0f}% |")
-    print(f"| everything else | {100 * (total - grouped) / total:.0f}% |\n")
-
-    x = torch.randn(AUTHORS.batch, AUTHORS.length, AUTHORS.d_model)
-    print("Kernels alone, milliseconds a call (median of 30):\n")
-    print("| kernel | fp32 | bf16 |\n|---|---|---|")
+    shares: dict[str, dict[str, float]] = {}
+    for precision in ("fp32", "bf16"):
+        with tempfile.TemporaryDirectory() as run_dir:
+            config = TrainConfig(batch_size=AUTHORS.batch, precision=precision)
+            trainer = Trainer(AUTHORS.spec(), config, run_dir, progress=False)
+            rng = np.random.default_rng(0)
+            lists = InMemoryLists(synthetic_lists(20 * AUTHORS.batch, AUTHORS.length, rng))
+            trainer.train_epoch(lists, 0)
+            with profile(activities=[ProfilerActivity.CPU]) as profiled:
+                trainer.train_epoch(lists, 0)
+        events = profiled.key_averages()
+        total = sum(event.self_cpu_time_total for event in events)
+        column = {"ms a step": total / 20 / 1e3}
+        for name, keys in groups.items():
+            share = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in keys))
+            column[name] = share / total
+        column["everything else"] = 1 - sum(column[name] for name in groups)
+        shares[precision] = column
+    print("Self CPU time of 20 trainer steps, torch.profiler (times include its overhead):\n")
+    print("| operations | fp32 | bf16 |\n|---|---|---|")
+    for name in shares["fp32"]:
+        cells = [shares[p][name] for p in ("fp32", "bf16")]
+        text = [f"{c:.1f}" if name == "ms a step" else f"{100 * c:.0f}%" for c in cells]
+        print(f"| {name} | {text[0]} | {text[1]} |")
 
     def ms(call: Callable[[], object]) -> float:
         for _ in range(3):
@@ -250,30 +167,52 @@ def kernel_report() -> None:
             times.append(time.perf_counter() - started)
         return 1e3 * float(np.median(times))
 
+    shape = (AUTHORS.batch, AUTHORS.length, AUTHORS.d_model)
+    print("\nKernels alone, milliseconds a call (median of 30):\n")
+    print("| kernel | fp32 | bf16 |\n|---|---|---|")
+    masks = [
+        ms(lambda: torch.empty(shape).bernoulli_(1 - DROPOUT)),
+        ms(lambda: layers.Dropout(DROPOUT).train()(torch.ones(shape, dtype=torch.bfloat16))),
+    ]
     print(
-        f"| dropout mask, `bernoulli_` | {ms(lambda: torch.empty_like(x).bernoulli_(0.9)):.2f} "
-        f"| - |\n| dropout mask, `torch.rand(...) >= p` "
-        f"| {ms(lambda: torch.rand(x.shape) >= DROPOUT):.2f} | - |"
+        f"| dropout (`bernoulli_` mask; 15-bit lanes), applied | {masks[0]:.2f} | {masks[1]:.2f} |"
     )
-    products = []
+    products, fused, explicit = [], [], []
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(AUTHORS.batch * AUTHORS.length, AUTHORS.d_model, dtype=dtype)
         b = torch.randn(AUTHORS.d_model, 3 * AUTHORS.d_model, dtype=dtype)
         products.append(ms(lambda a=a, b=b: a @ b))
-    print(
-        f"| product {a.shape[0]} x {a.shape[1]} x {b.shape[1]} | {products[0]:.2f} "
-        f"| {products[1]:.2f} |"
-    )
-    attention = []
-    for dtype in (torch.float32, torch.bfloat16):
-        shape = (AUTHORS.batch, AUTHORS.heads, AUTHORS.length, AUTHORS.d_model // AUTHORS.heads)
-        q, k, v = (torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
+        heads = (AUTHORS.batch, AUTHORS.heads, AUTHORS.length, AUTHORS.d_model // AUTHORS.heads)
+        q, k, v = (torch.randn(heads, dtype=dtype, requires_grad=True) for _ in range(3))
+        fused.append(
+            ms(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v).sum().backward())
+        )
 
-        def forward_backward(q=q, k=k, v=v) -> None:
-            F.scaled_dot_product_attention(q, k, v).sum().backward()
+        def by_hand(q=q, k=k, v=v) -> None:
+            logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+            weights = logits.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+            (weights @ v).sum().backward()
 
-        attention.append(ms(forward_backward))
-    print(f"| fused attention, forward and backward | {attention[0]:.2f} | {attention[1]:.2f} |")
+        explicit.append(ms(by_hand))
+    rows = {
+        f"product {a.shape[0]} x {a.shape[1]} x {b.shape[1]}": products,
+        "fused attention, forward and backward": fused,
+        "explicit attention (softmax in fp32), forward and backward": explicit,
+    }
+    for name, (fp32, bf16) in rows.items():
+        print(f"| {name} | {fp32:.2f} | {bf16:.2f} |")
+
+
+def bf16_units() -> str:
+    """The CPU's bf16 instruction sets, as /proc/cpuinfo lists them."""
+    if not os.path.exists("/proc/cpuinfo"):
+        return "unknown"
+    with open("/proc/cpuinfo") as info:
+        flags = next(
+            (line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []
+        )
+    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    return ", ".join(found) or "none"
 
 
 def trainer_rate(seconds: float, precision: str) -> float:
@@ -284,22 +223,7 @@ def trainer_rate(seconds: float, precision: str) -> float:
 
 ROWS: dict[str, Callable[[float], float]] = {
     "PRM, trainer, fp32": lambda s: trainer_rate(s, "fp32"),
-    "PRM, trainer, bf16 autocast": lambda s: trainer_rate(s, "bf16"),
-    "PRM, step, fp32": lambda s: prm_step_rate(
-        s, autocast=False, rand_dropout=False, pure_bf16=False
-    ),
-    "PRM, step, bf16 autocast": lambda s: prm_step_rate(
-        s, autocast=True, rand_dropout=False, pure_bf16=False
-    ),
-    "study: step, fp32, rand dropout": lambda s: prm_step_rate(
-        s, autocast=False, rand_dropout=True, pure_bf16=False
-    ),
-    "study: step, bf16 weights and activations (attention fp32)": lambda s: prm_step_rate(
-        s, autocast=False, rand_dropout=False, pure_bf16=True
-    ),
-    "study: step, bf16 weights and activations (attention fp32), rand dropout": lambda s: (
-        prm_step_rate(s, autocast=False, rand_dropout=True, pure_bf16=True)
-    ),
+    "PRM, trainer, bf16 (bf16 copy, fp32 master weights)": lambda s: trainer_rate(s, "bf16"),
 }
 
 
@@ -341,13 +265,27 @@ def main() -> int:
         f"{AUTHORS.d_model}, {AUTHORS.blocks} blocks, {AUTHORS.heads} head, d_ff {AUTHORS.d_ff}, "
         f"batch {AUTHORS.batch}, dropout {DROPOUT}\n"
     )
-    print(f"| what | lists/s (median of {args.rounds} rounds) | each round | vs {reference} |")
-    print("|---|---|---|---|")
+    peaks = {dtype: matmul_peak(torch.device("cpu"), dtype, 3) for dtype in PEAK_DTYPES}
+    print(
+        f"| what | lists/s (median of {args.rounds} rounds) | each round | vs {reference} "
+        "| GFLOP/s | % of fp32 matmul peak | % of bf16 matmul peak |"
+    )
+    print("|---|---|---|---|---|---|---|")
     base = float(np.median(rates[reference]))
+    flops = AUTHORS.training_flops_per_list()
     for name, values in rates.items():
         median = float(np.median(values))
         each = " / ".join(f"{value:.0f}" for value in values)
-        print(f"| {name} | {median:.0f} | {each} | {median / base:.2f}x |")
+        shares = " | ".join(f"{100 * median * flops / peak:.0f}%" for peak in peaks.values())
+        print(
+            f"| {name} | {median:.0f} | {each} | {median / base:.2f}x "
+            f"| {median * flops / 1e9:.1f} | {shares} |"
+        )
+    print(
+        "\nmatmul peak (2048 x 2048, best of 3): "
+        + ", ".join(f"{PEAK_NAMES[d]} {peak / 1e9:.0f} GFLOP/s" for d, peak in peaks.items())
+        + f"; bf16 units: {bf16_units()}"
+    )
     print(f"\nwall time {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -73,6 +73,17 @@ def test_nll_is_the_bernoulli_likelihood_of_the_shown_items() -> None:
     assert model.nll(batch).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_nll_of_a_bf16_model_stays_finite_where_a_click_is_near_certain(monkeypatch) -> None:
+    """In bf16, 1 - 1e-6 is 1: the likelihood is taken in fp32 (``--precision bf16``)."""
+    batch = random_list_batch([3, 2], 3, d_feature=2, d_pv=0, seed=2)
+    model = ContextClickModel(2, 0, d_hidden=4).bfloat16()
+    near_certain = torch.full(batch.mask.shape, -1e-7, dtype=torch.bfloat16, requires_grad=True)
+    monkeypatch.setattr(model, "log_click_probabilities", lambda inputs: near_certain)
+    nll = model.nll(batch)
+    nll.backward()
+    assert torch.isfinite(nll) and torch.isfinite(near_certain.grad).all()
+
+
 def test_in_display_order_moves_every_field_and_renumbers_ranks() -> None:
     batch = random_list_batch([3], 3, d_feature=2, d_pv=1)
     shown = in_display_order(batch, torch.tensor([[2, 0, 1]]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator
 from functools import cache
@@ -16,7 +17,7 @@ from torch import nn
 
 from prm.config import PRMConfig
 from prm.data.batch import ListBatch
-from prm.models.layers import EncoderBlock, MultiHeadSelfAttention
+from prm.models.layers import Dropout, EncoderBlock, MultiHeadSelfAttention
 from prm.models.prm import PRM, list_softmax
 from prm.training.losses import LOSSES, softmax_cross_entropy
 
@@ -71,6 +72,51 @@ def test_fused_attention_equals_explicit_attention() -> None:
     # The list with no real item attends to every key rather than dividing by zero.
     assert (weights[1] > 0).all()
     torch.testing.assert_close(weights[1].sum(-1), torch.ones(2, 5))
+
+
+def test_bf16_attention_on_cpu_is_explicit_and_matches_fp32(monkeypatch) -> None:
+    """bf16 on a CPU takes the explicit path (softmax in fp32, not the fused kernel): the fp32
+    result to bf16's precision, and no weights unless asked for."""
+    torch.manual_seed(0)
+    attention = MultiHeadSelfAttention(d_model=8, n_heads=2)
+    x = torch.randn(3, 5, 8)
+    mask = torch.tensor([[1, 1, 0, 1, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    fp32, _ = attention(x, mask)
+
+    def fused(*args, **kwargs):
+        raise AssertionError("the fused kernel ran on bf16")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", fused)
+    bf16, no_weights = copy.deepcopy(attention).bfloat16()(x.bfloat16(), mask)
+    assert no_weights is None
+    assert bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.float(), fp32, atol=0.03, rtol=0.03)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_bf16_dropout_keeps_the_expectation_at_a_nearby_rate(p: float) -> None:
+    """bf16 masks from 15-bit lanes: the drop rate is the one whose scale bf16 holds exactly, so
+    the mean is kept; the kept units are scaled by exactly that; eval mode is the identity."""
+    dropout = Dropout(p).train()
+    x = torch.ones(1000, 1000, dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    out = dropout(x)
+    dropped = (out == 0).double().mean().item()
+    rate = dropout.bf16_threshold / 32768
+    assert abs(rate - p) < 0.02 * p
+    assert abs(dropped - rate) < 5 * (rate * (1 - rate) / x.numel()) ** 0.5
+    assert torch.equal(out[out != 0], torch.full_like(out[out != 0], dropout.bf16_scale))
+    assert (1 - rate) * dropout.bf16_scale == pytest.approx(1, abs=1e-4)
+    assert torch.equal(dropout.eval()(x), x)
+
+
+def test_fp32_dropout_draws_as_nn_dropout() -> None:
+    """fp32 keeps nn.Dropout's draws, so fp32 runs repeat results made with it."""
+    x = torch.randn(64, 30, 16)
+    torch.manual_seed(3)
+    ours = Dropout(0.1).train()(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(ours, nn.Dropout(0.1).train()(x), rtol=0, atol=0)
 
 
 def test_d_model_must_split_into_heads() -> None:

@@ -138,7 +138,7 @@ def test_gpu_path_pieces_run_on_cpu(
     config: ExperimentConfig, tiny_data_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """What of `--device cuda --precision bf16` a CPU can check: the backend and device each
-    process picks, and bf16 autocast through training and validation."""
+    process picks, and bf16 training (a bf16 copy, fp32 master weights) through validation."""
     assert distributed.backend_for("cuda") == "nccl"
     assert distributed.backend_for("cpu") == "gloo"
     monkeypatch.setenv("LOCAL_RANK", "3")

@@ -69,18 +69,24 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"wrote the CTR model and PV caches to {args.out}")
 
 
+def _with_train_flags(config: ExperimentConfig, **flags: object) -> ExperimentConfig:
+    """``config`` with the train settings given as flags (None: as the config has them)."""
+    try:
+        train = replace(config.train, **{k: v for k, v in flags.items() if v is not None})
+    except ConfigError as error:  # a flag's value, checked as the config's
+        raise ConfigError(f"train.{error} (--device/--precision)") from None
+    return replace(config, train=train)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from prm.training.distributed import backend_for, launch
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
-    config = _config(args)
-    overrides = {"device": args.device, "precision": args.precision, "compile": args.compile}
-    try:
-        train = replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
-    except ConfigError as error:  # a flag's value, checked as the config's
-        raise ConfigError(f"train.{error} (--device/--precision)") from None
-    config = replace(config, train=train)
+    config = _with_train_flags(
+        _config(args), device=args.device, precision=args.precision, compile=args.compile
+    )
+    train = config.train
     if args.model == "prm_base":
         args.model, args.base = "prm", True
     if args.model not in ("prm", "generator_evaluator"):
@@ -274,7 +280,9 @@ def _offpolicy_report(args: argparse.Namespace, model, has_truth: bool) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    benchmark.run_demo(_config(args), args.out, args.quiet)
+    benchmark.run_demo(
+        _with_train_flags(_config(args), precision=args.precision), args.out, args.quiet
+    )
 
 
 def cmd_loop(args: argparse.Namespace) -> None:
@@ -400,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate, pre-train, train the evaluator-generator, PRM-BASE and PRM, compare",
     )
     sub.add_argument("--out", default="runs/demo", help="output folder")
+    sub.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="override train.precision for the evaluator, PRM-BASE and PRM (bf16: faster on "
+        "CPUs with bf16 units; docs/scaling.md)",
+    )
 
     sub = command(
         "loop",

@@ -179,7 +179,8 @@ class ContextClickModel(nn.Module):
         """Mean Bernoulli negative log-likelihood of the shown items' clicks, each list read in
         the order of its ``positions`` (the logged ranks), whatever slots hold its items."""
         batch = in_display_order(batch, shown_order(batch))
-        log_p = self.log_click_probabilities(batch)
+        # In fp32 when the model runs in bf16, where 1 - 1e-6 rounds to 1 and log1p(-1) = -inf.
+        log_p = self.log_click_probabilities(batch).float()
         log_not = torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
         clicked = batch.labels > 0
         per_slot = -torch.where(clicked & batch.mask, log_p, log_not)

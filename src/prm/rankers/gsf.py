@@ -56,7 +56,7 @@ class GSF(Reranker):
         members = x.gather(1, member_slots[..., None].expand(-1, -1, d_in))  # (B, G*m, d_in)
         members = members.view(batch_size, groups.shape[1], -1)  # (B, G, m * d_in)
         group_scores = self.group_scorer(members).flatten(1)  # (B, G*m)
-        weight = valid[..., None].expand_as(groups).flatten(1).float()  # (B, G*m)
+        weight = valid[..., None].expand_as(groups).flatten(1).to(x.dtype)  # (B, G*m)
         totals = x.new_zeros(batch_size, length).scatter_add(1, member_slots, group_scores * weight)
         counts = x.new_zeros(batch_size, length).scatter_add(1, member_slots, weight)  # (B, L)
         return mask_padding(totals / counts.clamp(min=1), inputs.mask)  # (B, L)

@@ -115,7 +115,8 @@ class Seq2Slate(Reranker):
             if not (remaining > 0).any():
                 break
             targets = remaining / remaining.sum(dim=-1, keepdim=True).clamp(min=1e-12)  # (B, L)
-            per_list = per_list - (targets * masked_log_softmax(logits, available)).sum(dim=-1)
+            log_p = masked_log_softmax(logits.float(), available)  # fp32 for bf16 models
+            per_list = per_list - (targets * log_p).sum(dim=-1)
         return masked_mean(per_list, (labels > 0).any(dim=-1))
 
     def _greedy_steps(self, inputs: ListInputs) -> Iterator[tuple[Tensor, Tensor, Tensor]]:

@@ -46,6 +46,7 @@ from prm.training.checkpoint import (
     save_checkpoint,
 )
 from prm.training.losses import LOSSES, Loss
+from prm.training.precision import BF16Copy, fp32_loss
 
 CHECKPOINT = "checkpoint.pt"
 LOG_EVERY = 50  # steps between progress-bar loss updates (each one waits for the device)
@@ -153,16 +154,17 @@ class Trainer:
             weight_decay=config.weight_decay,
             fused=True,
         )
-        step: nn.Module = LossStep(self.model, self.loss_fn)
+        # bf16: the step trains a bf16 copy; Adam steps this fp32 model (training/precision.py).
+        self.bf16 = BF16Copy(self.model) if config.precision == "bf16" else None
+        step: nn.Module = (
+            LossStep(self.bf16.module, fp32_loss(self.loss_fn))
+            if self.bf16
+            else LossStep(self.model, self.loss_fn)
+        )
         if self.world > 1:
             step = DistributedDataParallel(step)  # broadcasts rank 0's initial weights
         self.step = torch.compile(step) if config.compile else step
         self.state = TrainState()
-
-    def autocast(self) -> torch.autocast:
-        return torch.autocast(
-            self.device.type, torch.bfloat16, enabled=self.config.precision == "bf16"
-        )
 
     def fit(
         self, train: ListDataset | TrainingLists, valid: ListDataset, resume: bool = False
@@ -257,14 +259,20 @@ class Trainer:
             disable=not self.progress,
             leave=False,
         )
+        if self.bf16:
+            self.bf16.load_master()
         for step, (batch, weight) in enumerate(bar, 1):
             follow_load()
             self._set_learning_rate(epoch - 1 + (step - 1) / max(steps, 1))
-            with self.autocast():
-                loss = self.step(to_device(batch, self.device))
+            batch = to_device(batch, self.device)
+            loss = self.step(self.bf16.inputs(batch) if self.bf16 else batch)
             self.optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()
+            if self.bf16:
+                self.bf16.gradients_to_master()
             self.optimizer.step()
+            if self.bf16:
+                self.bf16.update_copy()
             total += loss.detach() * (weight / self.world)
             if self.progress and step % LOG_EVERY == 0:
                 bar.set_postfix(loss=f"{total.item() * self.world / step:.4f}")
@@ -299,11 +307,10 @@ class Trainer:
         learns_all = self._learns_from_lists_without_click()
         clicked = mine if learns_all else mine.subset(mine.has_click())
         total = 0.0
-        with self.autocast():
-            scores = score_lists(self.model, mine, device=self.device)
-            for batch in clicked.iter_batches(2048):
-                loss = self.model.loss(batch.to(self.device), self.loss_fn)
-                total += loss.item() * len(batch.list_ids)
+        scores = score_lists(self.model, mine, device=self.device)
+        for batch in clicked.iter_batches(2048):
+            loss = self.model.loss(batch.to(self.device), self.loss_fn)
+            total += loss.item() * len(batch.list_ids)
         parts = distributed.gather_to_first((scores, total, len(clicked)))
         metrics = None
         if parts is not None:
