@@ -261,7 +261,8 @@ class TrainConfig:
     loss: Literal["softmax_ce", "list_mle", "approx_ndcg"] = "softmax_ce"  # training/losses.py
     seed: int = 0
     device: str = "cpu"  # "cuda" puts each process on its own GPU (LOCAL_RANK)
-    # bf16: autocast; fast on GPUs; on CPUs it can help only with bf16 units (AVX-512 BF16, AMX)
+    # bf16: a bf16 copy of the model takes the step, Adam keeps fp32 weights (precision.py);
+    # faster on GPUs and on CPUs with bf16 units (AVX-512 BF16, AMX)
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False  # torch.compile the training step (first steps pay the compile time)
     shuffle_buffer: int = 100_000  # lists held by the streaming loader (`prm train --stream`)

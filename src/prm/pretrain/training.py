@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from prm.allocator import keep_freed_memory
 from prm.config import ExperimentConfig, PretrainConfig
 from prm.data.batch import ListDataset, same_topic_above
 from prm.data.examination import require_examination
@@ -158,6 +159,7 @@ def train_ctr(
         weight_decay=config.weight_decay,
     )
     users, items, clicks, positions, same = _tensors(train)
+    keep_freed_memory()  # each batch reuses the last one's memory (prm/allocator.py)
     history: list[dict[str, float]] = []
     best_loss, best_state = math.inf, None
     for epoch in range(1, config.epochs + 1):

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from prm.allocator import keep_freed_memory
 from prm.config import ConfigError, EvalConfig, TrainConfig, to_dict
 from prm.data.batch import ListBatch, ListDataset, TrainingLists
 from prm.data.streaming import InMemoryLists, prefetch, to_device
@@ -129,6 +130,7 @@ class Trainer:
                 f"position_bias {spec.config['position_bias']!r} needs its examination curve: "
                 "the exploration lists (lists_explore) or a trained evaluator (--evaluator)"
             )
+        keep_freed_memory()  # each step reuses the last one's memory (prm/allocator.py)
         torch.manual_seed(config.seed)
         model = spec.build()
         if examination is not None:
