@@ -175,7 +175,8 @@ def kernel_report() -> None:
         ms(lambda: layers.Dropout(DROPOUT).train()(torch.ones(shape, dtype=torch.bfloat16))),
     ]
     print(
-        f"| dropout (`bernoulli_` mask; 15-bit lanes), applied | {masks[0]:.2f} | {masks[1]:.2f} |"
+        "| dropout: fp32 the `bernoulli_` mask alone; bf16 `layers.Dropout` whole "
+        f"| {masks[0]:.2f} | {masks[1]:.2f} |"
     )
     products, fused, explicit = [], [], []
     for dtype in (torch.float32, torch.bfloat16):

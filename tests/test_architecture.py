@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "prm"
 
 LAYERS = [
-    {"prm", "config", "io", "threads"},  # the package root only maps lazy public names
+    {"prm", "config", "io", "threads", "allocator"},  # the package root only maps lazy public names
     {"data"},
     {"models"},
     {"evaluation"},

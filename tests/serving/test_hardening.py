@@ -422,8 +422,9 @@ SHORT = ServeLimits(header_timeout=0.3, body_timeout=0.3, keep_alive_timeout=5, 
 @contextlib.contextmanager
 def running(predictor: Predictor, loop: str = "auto") -> Iterator[uvicorn.Server]:
     """uvicorn in a thread, with ``SHORT`` limits, as `prm serve --workers N` configures it:
-    on a listening socket made by uvicorn's ``bind_socket``, which asyncio does not know as
-    TCP (its protocol number is 0), so asyncio's event loop leaves Nagle's algorithm on."""
+    on a listening socket made the way uvicorn's ``bind_socket`` made it before 0.55, with
+    protocol number 0, which asyncio does not know as TCP, so its event loop leaves Nagle's
+    algorithm on."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(LIMITS_ENV, json.dumps(asdict(SHORT)))
         config = uvicorn.Config(
@@ -434,8 +435,10 @@ def running(predictor: Predictor, loop: str = "auto") -> Iterator[uvicorn.Server
             loop=loop,
             **uvicorn_settings(SHORT),
         )
-        listening = config.bind_socket()
-        assert listening.proto == 0
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # protocol 0
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(("127.0.0.1", 0))
+        listening.set_inheritable(True)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
         thread.start()

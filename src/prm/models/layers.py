@@ -94,9 +94,10 @@ class Dropout(nn.Module):
 
     There the keep-masks come from 15-bit random lanes, four to each 64-bit draw: a quarter of
     the draws ``bernoulli_`` makes, which took a fifth of a CPU training step. The kept units
-    are multiplied by 1 / (1 - p) held in bf16, and so that this scale stays exact (the output's
-    expectation equal to the input), the drop rate moves to where it is a bf16 number: 0.0986
-    for p = 0.1. fp32 keeps ``nn.Dropout``'s draws, so fp32 runs repeat results made before.
+    are multiplied by 1 / (1 - p) held in bf16; so that this factor is exact (the output's
+    expectation equal to the input), the drop rate moves to the nearest one whose factor bf16
+    holds: 0.0986 for p = 0.1. fp32 keeps ``nn.Dropout``'s draws, so fp32 runs repeat results
+    made before.
     """
 
     def __init__(self, p: float) -> None:
@@ -126,7 +127,7 @@ class MultiHeadSelfAttention(nn.Module):
     the same weights by hand so they can be returned for plots. No dropout on the weights, so
     both paths agree in training mode too (the encoder block drops the output instead). bf16 on
     a CPU takes the explicit path, with the softmax in fp32: the CPU's fused bf16 kernel took
-    6 times as long at L = 30 (benchmarks/train_vs_allrank.py --kernels).
+    6 times as long as it at L = 30 (benchmarks/train_vs_allrank.py --kernels).
     """
 
     def __init__(self, d_model: int, n_heads: int) -> None:
