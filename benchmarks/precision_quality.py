@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"prm_base": "PRM-BASE", "prm": "PRM", "generator_evaluator": "evaluator-generator"}
 
 
-def demo_results(precision: str, out: Path, config_path: Path) -> dict:
-    """The demo's results.json in that precision, run first unless already there."""
-    results = out / precision / "results.json"
+def demo_results(precision: str, folder: Path, config_path: Path) -> dict:
+    """The demo's results.json in that precision, in ``folder``; run first unless there."""
+    results = folder / "results.json"
     if not results.is_file():
         config = load_config(config_path)
         config = replace(config, train=replace(config.train, precision=precision))
@@ -69,9 +69,9 @@ def main() -> int:
     parser.add_argument("--out", default="runs/precision_quality", help="demo folders go here")
     args = parser.parse_args()
     started = time.perf_counter()
-    results = {p: demo_results(p, Path(args.out), Path(args.config)) for p in ("fp32", "bf16")}
+    folders = {p: Path(args.out) / p for p in ("fp32", "bf16")}
+    results = {p: demo_results(p, folder, Path(args.config)) for p, folder in folders.items()}
 
-    folders = {p: Path(args.out) / p for p in results}
     print(
         "| model | precision | true expected clicks (test) | % of oracle gain | each seed "
         "| selected on: estimated clicks (valid) | NDCG@10 (valid) "

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
+from machine import cpu_name
 
 from prm.config import ExperimentConfig
 from prm.data.loaders import load_list_data
@@ -202,17 +203,8 @@ def time_in_process(predictor: Predictor, inputs, repeats: int) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
     return (
-        f"{cpu}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"{cpu_name()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
         f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}"
     )
 

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from prm.models import layers
 from prm.training.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
+from machine import bf16_units, cpu_name  # noqa: E402
 from train_throughput import (  # noqa: E402
     D_FEATURE,
     D_PV,
@@ -204,18 +204,6 @@ def kernel_report() -> None:
         print(f"| {name} | {fp32:.2f} | {bf16:.2f} |")
 
 
-def bf16_units() -> str:
-    """The CPU's bf16 instruction sets, as /proc/cpuinfo lists them."""
-    if not os.path.exists("/proc/cpuinfo"):
-        return "unknown"
-    with open("/proc/cpuinfo") as info:
-        flags = next(
-            (line.split(":", 1)[1].split() for line in info if line.startswith("flags")), []
-        )
-    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
-    return ", ".join(found) or "none"
-
-
 def trainer_rate(seconds: float, precision: str) -> float:
     """Lists per second of ``Trainer.train_epoch`` end to end."""
     config = TrainConfig(batch_size=AUTHORS.batch, precision=precision)
@@ -255,13 +243,8 @@ def main() -> int:
         for name, rate in ROWS.items():
             rates[name].append(rate(args.seconds))
 
-    cpu = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if "model name" in line]
-        cpu = names[0] if names else cpu
     print(
-        f"machine: {cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"machine: {cpu_name()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} torch threads; size: L {AUTHORS.length}, d_model "
         f"{AUTHORS.d_model}, {AUTHORS.blocks} blocks, {AUTHORS.heads} head, d_ff {AUTHORS.d_ff}, "
         f"batch {AUTHORS.batch}, dropout {DROPOUT}\n"

@@ -28,5 +28,6 @@ class Reranker(nn.Module):
         return self(inputs)
 
     def loss(self, batch: ListBatch, loss_fn: Loss) -> Tensor:
-        """The training objective; a model with a step-wise objective (Seq2Slate) overrides it."""
-        return loss_fn(self.click_logits(batch), batch.labels, mask=batch.mask)
+        """The training objective; a model with a step-wise objective (Seq2Slate) overrides it.
+        Taken on fp32 logits: a bf16 model's 8 bits are too few for a log-softmax's sums."""
+        return loss_fn(self.click_logits(batch).float(), batch.labels, mask=batch.mask)

@@ -103,10 +103,13 @@ class Dropout(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
-        scale = torch.tensor(1 / (1 - p), dtype=torch.bfloat16) if p < 1 else torch.tensor(0.0)
-        self.bf16_scale = float(scale)  # kept units' factor, a bf16 number
-        # Lanes below it are dropped: keep probability 1 / scale, in steps of 1/32768.
-        self.bf16_threshold = 32768 - round(32768 / self.bf16_scale) if p < 1 else 32768
+        if p >= 1:  # every unit dropped
+            self.bf16_scale, self.bf16_threshold = 0.0, 32768
+        else:
+            # The kept units' factor, a bf16 number; lanes below the threshold are dropped, so
+            # units are kept with probability 1 / factor, in steps of 1/32768.
+            self.bf16_scale = float(torch.tensor(1 / (1 - p), dtype=torch.bfloat16))
+            self.bf16_threshold = 32768 - round(32768 / self.bf16_scale)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0 or x.dtype != torch.bfloat16:

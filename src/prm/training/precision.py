@@ -1,7 +1,8 @@
 """bf16 training with fp32 master weights (``train.precision: bf16``).
 
 The step runs on a bf16 copy of the model, so activations stay bf16 from layer to layer instead
-of being cast around each product as autocast does; the losses are taken in fp32. Adam updates
+of being cast around each product as autocast does; the losses are taken in fp32
+(``Reranker.loss``). Adam updates
 the fp32 model, which validation scores and checkpoints hold, and its new weights are copied
 into the bf16 copy after every step. On CPUs with bf16 units (AVX-512 BF16, AMX) the products
 run several times faster than in fp32: 4 times at the PRM authors' size on a 2-core Xeon with
@@ -14,10 +15,9 @@ import copy
 from dataclasses import replace
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from prm.data.batch import ListBatch
-from prm.training.losses import Loss
 
 
 class BF16Copy:
@@ -52,12 +52,3 @@ class BF16Copy:
         """The master's weights after Adam's step, rounded into the copy."""
         for fp32, bf16 in self.trained:
             bf16.copy_(fp32)
-
-
-def fp32_loss(loss_fn: Loss) -> Loss:
-    """``loss_fn`` taken on fp32 scores: bf16 keeps 8 bits, too few for a log-softmax's sums."""
-
-    def loss(scores: Tensor, *args: object, **kwargs: object) -> Tensor:
-        return loss_fn(scores.float(), *args, **kwargs)
-
-    return loss

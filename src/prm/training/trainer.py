@@ -47,7 +47,7 @@ from prm.training.checkpoint import (
     save_checkpoint,
 )
 from prm.training.losses import LOSSES, Loss
-from prm.training.precision import BF16Copy, fp32_loss
+from prm.training.precision import BF16Copy
 
 CHECKPOINT = "checkpoint.pt"
 LOG_EVERY = 50  # steps between progress-bar loss updates (each one waits for the device)
@@ -158,11 +158,7 @@ class Trainer:
         )
         # bf16: the step trains a bf16 copy; Adam steps this fp32 model (training/precision.py).
         self.bf16 = BF16Copy(self.model) if config.precision == "bf16" else None
-        step: nn.Module = (
-            LossStep(self.bf16.module, fp32_loss(self.loss_fn))
-            if self.bf16
-            else LossStep(self.model, self.loss_fn)
-        )
+        step: nn.Module = LossStep(self.bf16.module if self.bf16 else self.model, self.loss_fn)
         if self.world > 1:
             step = DistributedDataParallel(step)  # broadcasts rank 0's initial weights
         self.step = torch.compile(step) if config.compile else step
